@@ -1,0 +1,49 @@
+//! Errors of the filesystem logic, each with the errno the kernel is answered with.
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("bad file handle")]
+    BadHandle,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::Invalid => libc::EINVAL,
+            FsError::Busy(_) => libc::EBUSY,
+            FsError::Unsupported(_) => libc::ENOTSUP,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Store(e) => e.errno(),
+        }
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;

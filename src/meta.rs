@@ -1,0 +1,178 @@
+//! Pure rules for object headers: Content-Type from the name, and POSIX attributes from
+//! s3fs-compatible user metadata (`x-amz-meta-mode/uid/gid/mtime`).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const DEFAULT_TYPE: &str = "application/octet-stream";
+
+/// Content-Type for a file name, by extension (the answers of Python's `mimetypes`, which is
+/// what authentik's s3 backend uses), else `application/octet-stream`.
+pub fn content_type_for(name: &str) -> String {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    // mime_guess differs from Python's table on a few types authentik serves.
+    match ext.as_deref() {
+        Some("ico") => return "image/vnd.microsoft.icon".into(),
+        Some("js") | Some("mjs") => return "text/javascript".into(),
+        None => return DEFAULT_TYPE.into(),
+        _ => {}
+    }
+    mime_guess::from_path(name)
+        .first_raw()
+        .unwrap_or(DEFAULT_TYPE)
+        .to_string()
+}
+
+/// The Content-Type a renamed object should get: a type that was just the guess for the old
+/// name (or generic) follows the new name; a type someone chose is kept.
+pub fn content_type_after_rename(old_name: &str, new_name: &str, current: Option<&str>) -> String {
+    match current {
+        Some(t)
+            if !t.is_empty()
+                && t != DEFAULT_TYPE
+                && t != "binary/octet-stream"
+                && t != content_type_for(old_name) =>
+        {
+            t.to_string()
+        }
+        _ => content_type_for(new_name),
+    }
+}
+
+/// POSIX attributes stored on an object, where present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PosixMeta {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// Reads decimal modes (s3fs) and octal ones with a leading 0 (rclone).
+pub fn parse_mode(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if s.len() > 1 && s.starts_with('0') {
+        u32::from_str_radix(&s[1..], 8).ok()
+    } else if let Some(o) = s.strip_prefix("0o") {
+        u32::from_str_radix(o, 8).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+/// Reads integer and fractional epoch seconds.
+pub fn parse_mtime(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: u64 = secs.parse().ok()?;
+    let mut nanos = 0u32;
+    if !frac.is_empty() {
+        let digits: String = frac.chars().take(9).collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        nanos = format!("{digits:0<9}").parse().ok()?;
+    }
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+impl PosixMeta {
+    pub fn from_metadata(m: &HashMap<String, String>) -> Self {
+        PosixMeta {
+            mode: m.get("mode").and_then(|v| parse_mode(v)),
+            uid: m.get("uid").and_then(|v| v.trim().parse().ok()),
+            gid: m.get("gid").and_then(|v| v.trim().parse().ok()),
+            mtime: m.get("mtime").and_then(|v| parse_mtime(v)),
+        }
+    }
+
+    /// Writes the s3fs-compatible headers into `m` (decimal mode with type bits, integer mtime).
+    pub fn write_to(&self, m: &mut HashMap<String, String>) {
+        if let Some(v) = self.mode {
+            m.insert("mode".into(), v.to_string());
+        }
+        if let Some(v) = self.uid {
+            m.insert("uid".into(), v.to_string());
+        }
+        if let Some(v) = self.gid {
+            m.insert("gid".into(), v.to_string());
+        }
+        if let Some(t) = self.mtime {
+            let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            m.insert("mtime".into(), secs.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_match_what_authentik_serves() {
+        assert_eq!(content_type_for("a.svg"), "image/svg+xml");
+        assert_eq!(content_type_for("a.PNG"), "image/png");
+        assert_eq!(content_type_for("a.jpg"), "image/jpeg");
+        assert_eq!(content_type_for("a.webp"), "image/webp");
+        assert_eq!(content_type_for("a.ico"), "image/vnd.microsoft.icon");
+        assert_eq!(content_type_for("r.csv"), "text/csv");
+        assert_eq!(content_type_for("index.html"), "text/html");
+        assert_eq!(content_type_for("a.json"), "application/json");
+        assert_eq!(content_type_for("noext"), DEFAULT_TYPE);
+        assert_eq!(content_type_for("blob.bin"), DEFAULT_TYPE);
+    }
+
+    #[test]
+    fn rename_keeps_chosen_types() {
+        assert_eq!(
+            content_type_after_rename("i.svg", "l.png", Some("image/svg+xml")),
+            "image/png"
+        );
+        assert_eq!(
+            content_type_after_rename("c.dat", "d.dat", Some("image/x-custom")),
+            "image/x-custom"
+        );
+        assert_eq!(content_type_after_rename("x", "y.txt", None), "text/plain");
+    }
+
+    #[test]
+    fn posix_meta_parsing() {
+        assert_eq!(parse_mode("33188"), Some(0o100644));
+        assert_eq!(parse_mode("0100644"), Some(0o100644));
+        assert_eq!(parse_mode("junk"), None);
+        assert_eq!(parse_mtime("1700000000"), Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        assert_eq!(
+            parse_mtime("1700000000.5"),
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
+        );
+        let mut m = HashMap::new();
+        PosixMeta { mode: Some(0o100640), uid: Some(1000), gid: Some(1000), mtime: parse_mtime("5") }
+            .write_to(&mut m);
+        assert_eq!(m["mode"], "33184");
+        assert_eq!(PosixMeta::from_metadata(&m).uid, Some(1000));
+    }
+}
+
+/// What bucketfs knows about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub size: u64,
+    /// None while the file exists only in this mount (created, not yet uploaded).
+    pub etag: Option<String>,
+    pub modified: SystemTime,
+    pub posix: PosixMeta,
+    /// Whether `posix` came from a HEAD (listings carry no user metadata).
+    pub posix_known: bool,
+}
+
+impl FileMeta {
+    pub fn from_info(info: &crate::store::ObjectInfo, from_head: bool) -> Self {
+        FileMeta {
+            size: info.size,
+            etag: info.etag.clone(),
+            modified: info.last_modified.unwrap_or(UNIX_EPOCH),
+            posix: PosixMeta::from_metadata(&info.metadata),
+            posix_known: from_head,
+        }
+    }
+}

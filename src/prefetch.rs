@@ -1,0 +1,256 @@
+//! Reads of one open file: ranged GETs with sequential read-ahead. The first request is
+//! small so random reads stay cheap; while reads stay sequential the window doubles (up to
+//! `max_window`) and is fetched as parallel chunks; a seek resets it. Read-ahead takes only
+//! memory the budget has free.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinHandle;
+
+use crate::budget::{MemoryBudget, Reservation};
+use crate::store::{ObjectStore, StoreError, StoreResult};
+
+#[derive(Clone, Debug)]
+pub struct ReadConfig {
+    pub first_window: u64,
+    pub max_window: u64,
+    pub chunk: u64,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            first_window: 256 * 1024,
+            max_window: 64 * 1024 * 1024,
+            chunk: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Reads that land this far behind the read-ahead still count as sequential: the kernel
+/// issues concurrent reads that can arrive slightly out of order.
+const KEEP_BEHIND: u64 = 4 * 1024 * 1024;
+
+enum Data {
+    Pending(JoinHandle<StoreResult<Bytes>>),
+    Ready(Bytes),
+}
+
+struct Chunk {
+    start: u64,
+    end: u64,
+    data: Data,
+    _mem: Reservation,
+}
+
+pub struct Reader {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    etag: Option<String>,
+    size: u64,
+    budget: MemoryBudget,
+    cfg: ReadConfig,
+    window: u64,
+    chunks: VecDeque<Chunk>,
+}
+
+impl Reader {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        etag: Option<String>,
+        size: u64,
+        budget: MemoryBudget,
+        cfg: ReadConfig,
+    ) -> Self {
+        Reader {
+            window: cfg.first_window,
+            store,
+            key,
+            etag,
+            size,
+            budget,
+            cfg,
+            chunks: VecDeque::new(),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The version this reader is pinned to.
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    fn covered(&self) -> Option<(u64, u64)> {
+        Some((self.chunks.front()?.start, self.chunks.back()?.end))
+    }
+
+    fn spawn(&mut self, start: u64, end: u64, mem: Reservation) {
+        let store = self.store.clone();
+        let key = self.key.clone();
+        let etag = self.etag.clone();
+        let task =
+            tokio::spawn(async move { store.get_range(&key, start..end, etag.as_deref()).await });
+        self.chunks.push_back(Chunk {
+            start,
+            end,
+            data: Data::Pending(task),
+            _mem: mem,
+        });
+    }
+
+    pub async fn read(&mut self, offset: u64, len: u32) -> StoreResult<Bytes> {
+        let end = (offset + len as u64).min(self.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let sequential = matches!(self.covered(), Some((s, e)) if offset >= s && offset <= e);
+        if sequential {
+            self.window = (self.window * 2).min(self.cfg.max_window);
+            while self
+                .chunks
+                .front()
+                .is_some_and(|c| c.end + KEEP_BEHIND <= offset)
+            {
+                self.chunks.pop_front();
+            }
+        } else {
+            for c in self.chunks.drain(..) {
+                if let Data::Pending(t) = c.data {
+                    t.abort();
+                }
+            }
+            self.window = self.cfg.first_window;
+        }
+        // What this read needs: wait for memory if we must.
+        let mut next = self.covered().map(|(_, e)| e).unwrap_or(offset);
+        while next < end {
+            // After a seek the first request is small (the window); later ones are chunks.
+            let want = if self.chunks.is_empty() {
+                self.window.max(len as u64)
+            } else {
+                self.cfg.chunk
+            };
+            let stop = (next + want).min(self.size);
+            let mem = self.budget.reserve(stop - next).await;
+            self.spawn(next, stop, mem);
+            next = stop;
+        }
+        // Read-ahead: only with memory that is free right now.
+        let target = (end + self.window).min(self.size);
+        while next < target {
+            let stop = (next + self.cfg.chunk.min(self.window)).min(target);
+            let Some(mem) = self.budget.try_reserve(stop - next) else {
+                break;
+            };
+            self.spawn(next, stop, mem);
+            next = stop;
+        }
+        self.collect(offset, end).await
+    }
+
+    async fn collect(&mut self, offset: u64, end: u64) -> StoreResult<Bytes> {
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut failed = None;
+        for c in self.chunks.iter_mut() {
+            if c.end <= offset || c.start >= end {
+                continue;
+            }
+            if let Data::Pending(t) = &mut c.data {
+                match t.await {
+                    Ok(Ok(b)) => c.data = Data::Ready(b),
+                    Ok(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(StoreError::Other(format!("read task failed: {e}")));
+                        break;
+                    }
+                }
+            }
+            if let Data::Ready(b) = &c.data {
+                let s = (offset.max(c.start) - c.start) as usize;
+                let e = ((end.min(c.end) - c.start) as usize).min(b.len());
+                if s < e {
+                    parts.push(b.slice(s..e));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // Drop what we hold so a retry fetches afresh.
+            for c in self.chunks.drain(..) {
+                if let Data::Pending(t) = c.data {
+                    t.abort();
+                }
+            }
+            return Err(e);
+        }
+        Ok(match parts.len() {
+            1 => parts.pop().unwrap_or_default(),
+            _ => {
+                let mut out = BytesMut::with_capacity((end - offset) as usize);
+                for p in parts {
+                    out.extend_from_slice(&p);
+                }
+                out.freeze()
+            }
+        })
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        for c in self.chunks.drain(..) {
+            if let Data::Pending(t) = c.data {
+                t.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mem::MemStore;
+
+    #[tokio::test]
+    async fn sequential_and_random_reads_return_the_right_bytes() {
+        let store = Arc::new(MemStore::new());
+        let data: Vec<u8> = (0..(20 * 1024 * 1024u32)).map(|i| (i % 253) as u8).collect();
+        store.insert("f", &data);
+        let tag = store.head_sync("f");
+        let budget = MemoryBudget::new(32 * 1024 * 1024);
+        let cfg = ReadConfig { first_window: 64 * 1024, max_window: 8 << 20, chunk: 2 << 20 };
+        let mut r = Reader::new(store.clone(), "f".into(), tag, data.len() as u64, budget.clone(), cfg);
+        let mut off = 0u64;
+        while off < data.len() as u64 {
+            let b = r.read(off, 131072).await.unwrap();
+            assert_eq!(&b[..], &data[off as usize..(off as usize + b.len())]);
+            off += b.len() as u64;
+        }
+        for &o in &[5_000_000u64, 17, 19_999_000, 3] {
+            let b = r.read(o, 4096).await.unwrap();
+            let e = (o as usize + 4096).min(data.len());
+            assert_eq!(&b[..], &data[o as usize..e]);
+        }
+        assert!(r.read(data.len() as u64, 10).await.unwrap().is_empty());
+        drop(r);
+        assert_eq!(budget.used_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_changed_object_is_an_error_not_a_mix() {
+        let store = Arc::new(MemStore::new());
+        store.insert("f", &[1u8; 1000]);
+        let tag = store.head_sync("f");
+        let mut r = Reader::new(store.clone(), "f".into(), tag, 1000, MemoryBudget::new(1 << 20), ReadConfig::default());
+        store.insert("f", &[2u8; 1000]);
+        assert_eq!(r.read(0, 10).await, Err(StoreError::PreconditionFailed));
+    }
+}

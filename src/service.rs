@@ -1,0 +1,199 @@
+//! Running the mount: checks before mounting (each failure one clear line), the FUSE
+//! session, signals, and an exit status that says whether every write reached the bucket.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::MountOption;
+
+use crate::config::MountArgs;
+use crate::fs::Fs;
+use crate::fuse::FuseAdapter;
+use crate::store::s3::S3Store;
+use crate::store::{ObjectStore, StoreError};
+
+static UNSAVED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts files that could not be uploaded before exit (the exit status reports them).
+pub fn note_unsaved(n: usize) {
+    UNSAVED.fetch_add(n, Ordering::SeqCst);
+}
+
+/// Exit statuses.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_UNSAVED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+fn is_mount_point(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = p.to_string_lossy();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(|m| m.replace("\\040", " ") == want)
+            .unwrap_or(false)
+    })
+}
+
+/// The mount point must exist, be a directory, and not be mounted already.
+pub fn check_mountpoint(p: &Path) -> Result<PathBuf, StartError> {
+    let canon = std::fs::canonicalize(p).map_err(|_| {
+        StartError(format!(
+            "mount point {} does not exist: create it with `mkdir -p {}`",
+            p.display(),
+            p.display()
+        ))
+    })?;
+    if !canon.is_dir() {
+        return Err(StartError(format!("mount point {} is not a directory", p.display())));
+    }
+    if is_mount_point(&canon) {
+        return Err(StartError(format!(
+            "mount point {} is busy: something is already mounted there (unmount it with `fusermount3 -u {}`)",
+            p.display(),
+            p.display()
+        )));
+    }
+    Ok(canon)
+}
+
+/// One cheap listing proves endpoint, credentials and bucket before anything is mounted.
+pub async fn preflight(store: &dyn ObjectStore, bucket: &str, prefix: &str, endpoint: &str) -> Result<(), StartError> {
+    let r = tokio::time::timeout(Duration::from_secs(30), store.list(prefix, Some("/"), None, Some(1))).await;
+    let e = match r {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e,
+        Err(_) => StoreError::Timeout("no answer in 30 s".into()),
+    };
+    Err(StartError(match e {
+        StoreError::NoSuchBucket => format!(
+            "bucket `{bucket}` does not exist at {endpoint}: create it, or check the name, --region and --endpoint"
+        ),
+        StoreError::AccessDenied(code) => format!(
+            "the endpoint {endpoint} refused the credentials for bucket `{bucket}` ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile, and that the key may list the bucket"
+        ),
+        StoreError::Unreachable(_) | StoreError::Timeout(_) => format!(
+            "cannot reach the S3 endpoint {endpoint}: check --endpoint / AWS_ENDPOINT_URL and that the server is running"
+        ),
+        other => format!("the S3 endpoint {endpoint} rejected a listing of bucket `{bucket}`: {other}"),
+    }))
+}
+
+fn mount_options(args: &MountArgs, bucket: &str) -> Vec<MountOption> {
+    let mut o = vec![
+        MountOption::FSName(format!("bucketfs:{bucket}")),
+        MountOption::Subtype("bucketfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::CUSTOM(format!("max_read={}", crate::fuse::MAX_IO)),
+    ];
+    if args.allow_other {
+        o.push(MountOption::AllowOther);
+    }
+    o.push(if args.read_only { MountOption::RO } else { MountOption::RW });
+    o
+}
+
+/// Runs `bucketfs mount` to the end; returns the exit status.
+pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
+    let uid = unsafe { libc::getuid() };
+    let gid = unsafe { libc::getgid() };
+    let cfg = args.fs_config(uid, gid).map_err(StartError)?;
+    let s3 = args.s3_settings().map_err(StartError)?;
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bucketfs-io")
+        .build()
+        .map_err(|e| StartError(format!("cannot start the I/O runtime: {e}")))?;
+    let endpoint = s3
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .unwrap_or_else(|| "AWS S3".into());
+    let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::connect(&s3)));
+    rt.block_on(preflight(&*store, &s3.bucket, &cfg.prefix, &endpoint))?;
+
+    let fs = Arc::new(Fs::new(store, cfg));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let adapter = FuseAdapter::new(
+        fs.clone(),
+        rt.handle().clone(),
+        Box::new(move || {
+            let _ = done_tx.send(());
+        }),
+    );
+    let mut session = fuser::Session::new(adapter, &mountpoint, &mount_options(&args, &s3.bucket))
+        .map_err(|e| {
+            StartError(format!(
+                "cannot mount on {}: {e} (is fuse3 installed and /dev/fuse available?)",
+                mountpoint.display()
+            ))
+        })?;
+    let mut unmounter = session.unmount_callable();
+    tracing::info!(
+        bucket = %s3.bucket, prefix = %fs.config().prefix, mountpoint = %mountpoint.display(),
+        "mounted; stop with `fusermount3 -u {}` or SIGTERM", mountpoint.display()
+    );
+    let session_thread = std::thread::Builder::new()
+        .name("bucketfs-fuse".into())
+        .spawn(move || session.run())
+        .map_err(|e| StartError(format!("cannot start the FUSE thread: {e}")))?;
+
+    // SIGINT / SIGTERM: save what is pending, then unmount; the session then ends.
+    let fs_sig = fs.clone();
+    let mp = mountpoint.clone();
+    rt.spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: saving pending writes, then unmounting"),
+            _ = int.recv() => tracing::info!("SIGINT: saving pending writes, then unmounting"),
+        }
+        let failed = fs_sig.flush_all().await;
+        for u in &failed {
+            tracing::error!(path = %u.path, error = %u.error, "not saved to the bucket");
+        }
+        note_unsaved(failed.len());
+        if unmounter.unmount().is_err() || is_mount_point(&mp) {
+            // Busy (a process still has a file open): detach now, finish when it closes.
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&mp)
+                .status();
+        }
+    });
+
+    let r = session_thread.join();
+    let _ = done_rx.recv_timeout(Duration::from_secs(1));
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "FUSE session ended with an error"),
+        Err(_) => tracing::error!("FUSE session thread panicked"),
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let unsaved = UNSAVED.load(Ordering::SeqCst);
+    if unsaved > 0 {
+        tracing::error!(files = unsaved, "exiting with files not saved to the bucket");
+        return Ok(EXIT_UNSAVED);
+    }
+    tracing::info!("unmounted cleanly");
+    Ok(EXIT_OK)
+}

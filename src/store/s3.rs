@@ -1,0 +1,424 @@
+//! The aws-sdk-s3 implementation of [`ObjectStore`].
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::{CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult};
+
+/// Where and how to reach the bucket. Credentials are never here: they come from the AWS
+/// credential chain (environment, profile, web identity, ECS, IMDS, SSO).
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+    /// Attempts per request (first try included) before an error reaches the caller.
+    pub max_attempts: u32,
+    pub connect_timeout: Duration,
+    /// Bound on one attempt of one request, so a dead endpoint cannot hang a writer.
+    pub attempt_timeout: Duration,
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub async fn connect(s: &S3Settings) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = &s.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(p) = &s.profile {
+            loader = loader.profile_name(p);
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(s.force_path_style)
+            // Many S3-compatible servers reject the SDK's default CRC32 trailers.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(s.max_attempts.max(1))
+                    .with_max_backoff(Duration::from_secs(4)),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(s.connect_timeout)
+                    .operation_attempt_timeout(s.attempt_timeout)
+                    .build(),
+            );
+        if shared.region().is_none() {
+            b = b.region(Region::new("us-east-1"));
+        }
+        if let Some(e) = &s.endpoint {
+            b = b.endpoint_url(e);
+        }
+        S3Store {
+            client: Client::from_conf(b.build()),
+            bucket: s.bucket.clone(),
+        }
+    }
+
+    fn copy_source(&self, key: &str) -> String {
+        format!("{}/{}", self.bucket, encode_key(key))
+    }
+}
+
+/// Percent-encode a key for `x-amz-copy-source` (keeps `/`, as AWS expects).
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn map_err<E>(op: &str, key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let err = match &e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("").to_string();
+            match (status, code.as_str()) {
+                (_, "NoSuchBucket") => StoreError::NoSuchBucket,
+                (404, _) | (_, "NoSuchKey") | (_, "NotFound") => StoreError::NotFound,
+                (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed,
+                (403, _)
+                | (_, "AccessDenied")
+                | (_, "SignatureDoesNotMatch")
+                | (_, "InvalidAccessKeyId") => StoreError::AccessDenied(if code.is_empty() {
+                    "403".to_string()
+                } else {
+                    code
+                }),
+                (400..=499, _) => StoreError::Rejected(format!(
+                    "{status} {code} {}",
+                    se.err().message().unwrap_or("")
+                )),
+                _ => StoreError::Other(format!(
+                    "{status} {code} {}",
+                    se.err().message().unwrap_or("")
+                )),
+            }
+        }
+        SdkError::TimeoutError(_) => StoreError::Timeout(DisplayErrorContext(&e).to_string()),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            StoreError::Timeout(DisplayErrorContext(&e).to_string())
+        }
+        SdkError::DispatchFailure(_) => {
+            StoreError::Unreachable(DisplayErrorContext(&e).to_string())
+        }
+        _ => StoreError::Other(DisplayErrorContext(&e).to_string()),
+    };
+    if !matches!(err, StoreError::NotFound) {
+        tracing::warn!(op, key, error = %err, "S3 request failed");
+    }
+    err
+}
+
+fn to_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
+    t.and_then(|d| SystemTime::try_from(*d).ok())
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
+        let o = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_err("HeadObject", key, e))?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: o.content_length().unwrap_or(0).max(0) as u64,
+            etag: o.e_tag().map(str::to_string),
+            last_modified: to_time(o.last_modified()),
+            content_type: o.content_type().map(str::to_string),
+            metadata: o
+                .metadata()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage> {
+        let o = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .set_continuation_token(token)
+            .set_max_keys(max_keys)
+            .send()
+            .await
+            .map_err(|e| map_err("ListObjectsV2", prefix, e))?;
+        let objects = o
+            .contents()
+            .iter()
+            .filter_map(|c| {
+                Some(ObjectInfo {
+                    key: c.key()?.to_string(),
+                    size: c.size().unwrap_or(0).max(0) as u64,
+                    etag: c.e_tag().map(str::to_string),
+                    last_modified: to_time(c.last_modified()),
+                    content_type: None,
+                    metadata: HashMap::new(),
+                })
+            })
+            .collect();
+        let prefixes = o
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        let next_token = if o.is_truncated().unwrap_or(false) {
+            o.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next_token,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let o = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| map_err("GetObject", key, e))?;
+        let body = o.body.collect().await.map_err(|e| {
+            tracing::warn!(op = "GetObject", key, error = %e, "reading body failed");
+            StoreError::Other(format!("reading body: {e}"))
+        })?;
+        Ok(body.into_bytes())
+    }
+
+    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
+        let len = body.len() as i64;
+        let o = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len)
+            .content_type(&opts.content_type)
+            .set_metadata(meta(opts))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| map_err("PutObject", key, e))?;
+        Ok(o.e_tag().map(str::to_string))
+    }
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
+        let o = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(&opts.content_type)
+            .set_metadata(meta(opts))
+            .send()
+            .await
+            .map_err(|e| map_err("CreateMultipartUpload", key, e))?;
+        o.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        let len = body.len() as i64;
+        let o = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(len)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| map_err("UploadPart", key, e))?;
+        o.e_tag()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other("UploadPart returned no ETag".into()))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        src_key: &str,
+        range: Range<u64>,
+    ) -> StoreResult<String> {
+        let o = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(self.copy_source(src_key))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end.saturating_sub(1)))
+            .send()
+            .await
+            .map_err(|e| map_err("UploadPartCopy", key, e))?;
+        o.copy_part_result()
+            .and_then(|r| r.e_tag())
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other("UploadPartCopy returned no ETag".into()))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> StoreResult<Option<String>> {
+        let parts = parts
+            .into_iter()
+            .map(|p| {
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(p.number)
+                    .e_tag(p.etag)
+                    .build()
+            })
+            .collect();
+        let o = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| map_err("CompleteMultipartUpload", key, e))?;
+        Ok(o.e_tag().map(str::to_string))
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| map_err("AbortMultipartUpload", key, e))?;
+        Ok(())
+    }
+
+    async fn copy(&self, src: &str, dst: &str, opts: Option<&PutOptions>) -> StoreResult<()> {
+        let mut req = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst)
+            .copy_source(self.copy_source(src));
+        if let Some(o) = opts {
+            req = req
+                .metadata_directive(MetadataDirective::Replace)
+                .content_type(&o.content_type)
+                .set_metadata(meta(o));
+        }
+        req.send()
+            .await
+            .map_err(|e| map_err("CopyObject", dst, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_err("DeleteObject", key, e))?;
+        Ok(())
+    }
+}
+
+fn meta(o: &PutOptions) -> Option<HashMap<String, String>> {
+    if o.metadata.is_empty() {
+        None
+    } else {
+        Some(o.metadata.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_key;
+
+    #[test]
+    fn copy_source_encoding_keeps_slashes_and_escapes_the_rest() {
+        assert_eq!(encode_key("a b/c+d%.txt"), "a%20b/c%2Bd%25.txt");
+        assert_eq!(encode_key("café"), "caf%C3%A9");
+        assert_eq!(encode_key("q?x#y&z=1"), "q%3Fx%23y%26z%3D1");
+    }
+}
