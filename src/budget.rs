@@ -30,12 +30,20 @@ impl MemoryBudget {
 
     fn units(&self, bytes: u64) -> u32 {
         // A request larger than the whole budget is clamped so it can still proceed alone.
-        bytes.div_ceil(UNIT).clamp(1, self.total_units).min(u32::MAX as u64) as u32
+        bytes
+            .div_ceil(UNIT)
+            .clamp(1, self.total_units)
+            .min(u32::MAX as u64) as u32
     }
 
     /// Waits until `bytes` fit in the budget.
     pub async fn reserve(&self, bytes: u64) -> Reservation {
-        let permit = self.sem.clone().acquire_many_owned(self.units(bytes)).await.ok();
+        let permit = self
+            .sem
+            .clone()
+            .acquire_many_owned(self.units(bytes))
+            .await
+            .ok();
         Reservation { _permit: permit }
     }
 
@@ -72,7 +80,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         drop(r1);
-        let _r2 = tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        let _r2 = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.used_bytes(), 2 << 20);
         // Larger than the whole budget: clamped, still granted when alone.
         drop(_r2);

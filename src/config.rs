@@ -13,7 +13,11 @@ use crate::store::s3::S3Settings;
 use crate::upload::{MIB, MIN_PART_SIZE};
 
 #[derive(Parser, Debug)]
-#[command(name = "bucketfs", version, about = "Mount an S3 bucket as a directory")]
+#[command(
+    name = "bucketfs",
+    version,
+    about = "Mount an S3 bucket as a directory"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -85,7 +89,8 @@ pub struct MountArgs {
 
 pub fn parse_mode(s: &str) -> Result<u32, String> {
     let t = s.trim_start_matches("0o");
-    let v = u32::from_str_radix(t, 8).map_err(|_| format!("`{s}` is not an octal mode like 0644"))?;
+    let v =
+        u32::from_str_radix(t, 8).map_err(|_| format!("`{s}` is not an octal mode like 0644"))?;
     if v > 0o7777 {
         return Err(format!("`{s}` is larger than 07777"));
     }
@@ -95,7 +100,9 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 pub fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!("`{s}` is not a number of seconds between 0 and 86400")),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds between 0 and 86400"
+        )),
     }
 }
 
@@ -103,8 +110,9 @@ pub fn parse_seconds(s: &str) -> Result<f64, String> {
 pub fn split_bucket(s: &str) -> Result<(String, String), String> {
     let (b, p) = s.split_once(':').unwrap_or((s, ""));
     let valid = (3..=63).contains(&b.len())
-        && b.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.' || c == b'_')
+        && b.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.' || c == b'_'
+        })
         && !b.starts_with(['-', '.'])
         && !b.ends_with(['-', '.']);
     if !valid {
@@ -113,7 +121,10 @@ pub fn split_bucket(s: &str) -> Result<(String, String), String> {
         ));
     }
     let prefix = keys::normalize_prefix(p);
-    if prefix.split('/').filter(|c| !c.is_empty()).any(|c| keys::check_name(c.as_bytes()).is_err())
+    if prefix
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .any(|c| keys::check_name(c.as_bytes()).is_err())
         || p.contains("//")
     {
         return Err(format!("`{p}` is not a usable key prefix"));
@@ -171,8 +182,14 @@ mod tests {
     #[test]
     fn bucket_and_prefix() {
         assert_eq!(split_bucket("data").unwrap(), ("data".into(), "".into()));
-        assert_eq!(split_bucket("data:media").unwrap(), ("data".into(), "media/".into()));
-        assert_eq!(split_bucket("data:/a/b/").unwrap(), ("data".into(), "a/b/".into()));
+        assert_eq!(
+            split_bucket("data:media").unwrap(),
+            ("data".into(), "media/".into())
+        );
+        assert_eq!(
+            split_bucket("data:/a/b/").unwrap(),
+            ("data".into(), "a/b/".into())
+        );
         assert!(split_bucket("Bad_Bucket!").is_err());
         assert!(split_bucket("ab").is_err());
         assert!(split_bucket("data:a/../b").is_err());
@@ -192,8 +209,15 @@ mod tests {
     #[test]
     fn cli_parses_a_mount() {
         let c = Cli::try_parse_from([
-            "bucketfs", "mount", "b-1:media", "/data", "--uid", "1000", "--allow-other",
-            "--metadata-ttl", "2",
+            "bucketfs",
+            "mount",
+            "b-1:media",
+            "/data",
+            "--uid",
+            "1000",
+            "--allow-other",
+            "--metadata-ttl",
+            "2",
         ])
         .unwrap();
         let Command::Mount(m) = c.command;

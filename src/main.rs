@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 use bucketfs::config::{Cli, Command};
@@ -7,11 +9,15 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Mount(args) => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.log_level.clone()));
+            let filter =
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    // fuser logs a harmless error when the kernel already unmounted.
+                    tracing_subscriber::EnvFilter::new(format!("{},fuser::mnt=off", args.log_level))
+                });
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .init();
             match service::run_mount(args) {
                 Ok(c) => c,

@@ -98,7 +98,10 @@ impl PosixMeta {
             m.insert("gid".into(), v.to_string());
         }
         if let Some(t) = self.mtime {
-            let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let secs = t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             m.insert("mtime".into(), secs.to_string());
         }
     }
@@ -140,14 +143,22 @@ mod tests {
         assert_eq!(parse_mode("33188"), Some(0o100644));
         assert_eq!(parse_mode("0100644"), Some(0o100644));
         assert_eq!(parse_mode("junk"), None);
-        assert_eq!(parse_mtime("1700000000"), Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        assert_eq!(
+            parse_mtime("1700000000"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
         assert_eq!(
             parse_mtime("1700000000.5"),
             Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
         );
         let mut m = HashMap::new();
-        PosixMeta { mode: Some(0o100640), uid: Some(1000), gid: Some(1000), mtime: parse_mtime("5") }
-            .write_to(&mut m);
+        PosixMeta {
+            mode: Some(0o100640),
+            uid: Some(1000),
+            gid: Some(1000),
+            mtime: parse_mtime("5"),
+        }
+        .write_to(&mut m);
         assert_eq!(m["mode"], "33184");
         assert_eq!(PosixMeta::from_metadata(&m).uid, Some(1000));
     }

@@ -222,12 +222,25 @@ mod tests {
     #[tokio::test]
     async fn sequential_and_random_reads_return_the_right_bytes() {
         let store = Arc::new(MemStore::new());
-        let data: Vec<u8> = (0..(20 * 1024 * 1024u32)).map(|i| (i % 253) as u8).collect();
+        let data: Vec<u8> = (0..(20 * 1024 * 1024u32))
+            .map(|i| (i % 253) as u8)
+            .collect();
         store.insert("f", &data);
         let tag = store.head_sync("f");
         let budget = MemoryBudget::new(32 * 1024 * 1024);
-        let cfg = ReadConfig { first_window: 64 * 1024, max_window: 8 << 20, chunk: 2 << 20 };
-        let mut r = Reader::new(store.clone(), "f".into(), tag, data.len() as u64, budget.clone(), cfg);
+        let cfg = ReadConfig {
+            first_window: 64 * 1024,
+            max_window: 8 << 20,
+            chunk: 2 << 20,
+        };
+        let mut r = Reader::new(
+            store.clone(),
+            "f".into(),
+            tag,
+            data.len() as u64,
+            budget.clone(),
+            cfg,
+        );
         let mut off = 0u64;
         while off < data.len() as u64 {
             let b = r.read(off, 131072).await.unwrap();
@@ -249,7 +262,14 @@ mod tests {
         let store = Arc::new(MemStore::new());
         store.insert("f", &[1u8; 1000]);
         let tag = store.head_sync("f");
-        let mut r = Reader::new(store.clone(), "f".into(), tag, 1000, MemoryBudget::new(1 << 20), ReadConfig::default());
+        let mut r = Reader::new(
+            store.clone(),
+            "f".into(),
+            tag,
+            1000,
+            MemoryBudget::new(1 << 20),
+            ReadConfig::default(),
+        );
         store.insert("f", &[2u8; 1000]);
         assert_eq!(r.read(0, 10).await, Err(StoreError::PreconditionFailed));
     }

@@ -53,7 +53,10 @@ pub fn check_mountpoint(p: &Path) -> Result<PathBuf, StartError> {
         ))
     })?;
     if !canon.is_dir() {
-        return Err(StartError(format!("mount point {} is not a directory", p.display())));
+        return Err(StartError(format!(
+            "mount point {} is not a directory",
+            p.display()
+        )));
     }
     if is_mount_point(&canon) {
         return Err(StartError(format!(
@@ -66,8 +69,17 @@ pub fn check_mountpoint(p: &Path) -> Result<PathBuf, StartError> {
 }
 
 /// One cheap listing proves endpoint, credentials and bucket before anything is mounted.
-pub async fn preflight(store: &dyn ObjectStore, bucket: &str, prefix: &str, endpoint: &str) -> Result<(), StartError> {
-    let r = tokio::time::timeout(Duration::from_secs(30), store.list(prefix, Some("/"), None, Some(1))).await;
+pub async fn preflight(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    prefix: &str,
+    endpoint: &str,
+) -> Result<(), StartError> {
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.list(prefix, Some("/"), None, Some(1)),
+    )
+    .await;
     let e = match r {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(e)) => e,
@@ -100,7 +112,11 @@ fn mount_options(args: &MountArgs, bucket: &str) -> Vec<MountOption> {
     if args.allow_other {
         o.push(MountOption::AllowOther);
     }
-    o.push(if args.read_only { MountOption::RO } else { MountOption::RW });
+    o.push(if args.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
     o
 }
 
@@ -191,7 +207,10 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
     rt.shutdown_timeout(Duration::from_secs(5));
     let unsaved = UNSAVED.load(Ordering::SeqCst);
     if unsaved > 0 {
-        tracing::error!(files = unsaved, "exiting with files not saved to the bucket");
+        tracing::error!(
+            files = unsaved,
+            "exiting with files not saved to the bucket"
+        );
         return Ok(EXIT_UNSAVED);
     }
     tracing::info!("unmounted cleanly");

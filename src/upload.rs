@@ -180,7 +180,9 @@ impl Uploader {
 
     async fn send_part(&mut self) -> StoreResult<()> {
         if self.next_part > MAX_PARTS {
-            return Err(StoreError::Rejected("file exceeds S3's 10 000 parts".into()));
+            return Err(StoreError::Rejected(
+                "file exceeds S3's 10 000 parts".into(),
+            ));
         }
         let id = match &self.upload_id {
             Some(id) => id.clone(),
@@ -264,7 +266,10 @@ mod tests {
         assert_eq!(part_size(8 * MIB, 1001), 16 * MIB);
         assert_eq!(part_size(MIB, 1), MIN_PART_SIZE);
         for base in [5 * MIB, 8 * MIB, 64 * MIB] {
-            assert!(max_object_size(base) >= 5 * 1024 * 1024 * MIB, "base {base}");
+            assert!(
+                max_object_size(base) >= 5 * 1024 * 1024 * MIB,
+                "base {base}"
+            );
         }
         assert!((1..=MAX_PARTS).all(|n| part_size(5 * MIB, n) <= MAX_PART_SIZE));
     }
@@ -272,15 +277,30 @@ mod tests {
     #[tokio::test]
     async fn small_is_one_put_large_is_multipart() {
         let store = Arc::new(MemStore::new());
-        let cfg = UploadConfig { part_size: 5 * MIB, max_inflight: 2 };
+        let cfg = UploadConfig {
+            part_size: 5 * MIB,
+            max_inflight: 2,
+        };
         let budget = MemoryBudget::new(64 * MIB);
-        let mut u = Uploader::new(store.clone(), "s".into(), PutOptions::default(), budget.clone(), &cfg);
+        let mut u = Uploader::new(
+            store.clone(),
+            "s".into(),
+            PutOptions::default(),
+            budget.clone(),
+            &cfg,
+        );
         u.write(b"hello").await.unwrap();
         u.finish().await.unwrap();
         assert_eq!(&store.snapshot()["s"][..], b"hello");
 
         let data: Vec<u8> = (0..(12 * MIB + 7)).map(|i| (i % 251) as u8).collect();
-        let mut u = Uploader::new(store.clone(), "l".into(), PutOptions::default(), budget.clone(), &cfg);
+        let mut u = Uploader::new(
+            store.clone(),
+            "l".into(),
+            PutOptions::default(),
+            budget.clone(),
+            &cfg,
+        );
         for c in data.chunks(128 * 1024) {
             u.write(c).await.unwrap();
         }
@@ -293,8 +313,17 @@ mod tests {
     #[tokio::test]
     async fn abort_leaves_nothing() {
         let store = Arc::new(MemStore::new());
-        let cfg = UploadConfig { part_size: 5 * MIB, max_inflight: 2 };
-        let mut u = Uploader::new(store.clone(), "x".into(), PutOptions::default(), MemoryBudget::new(64 * MIB), &cfg);
+        let cfg = UploadConfig {
+            part_size: 5 * MIB,
+            max_inflight: 2,
+        };
+        let mut u = Uploader::new(
+            store.clone(),
+            "x".into(),
+            PutOptions::default(),
+            MemoryBudget::new(64 * MIB),
+            &cfg,
+        );
         u.write_zeros(11 * MIB).await.unwrap();
         u.abort().await;
         assert!(store.snapshot().is_empty());

@@ -118,7 +118,7 @@ pub(crate) struct FileHandle {
 }
 
 enum Handle {
-    File(tokio::sync::Mutex<FileHandle>),
+    File(Box<tokio::sync::Mutex<FileHandle>>),
     Dir(Mutex<Option<Arc<Vec<DirEntry>>>>),
 }
 
@@ -202,10 +202,7 @@ impl Fs {
                     ino,
                     kind: Kind::File,
                     size: n.pending_size.or(m.map(|m| m.size)).unwrap_or(0),
-                    mtime: p
-                        .mtime
-                        .or(m.map(|m| m.modified))
-                        .unwrap_or(self.started),
+                    mtime: p.mtime.or(m.map(|m| m.modified)).unwrap_or(self.started),
                     perm: (p.mode.unwrap_or(self.cfg.file_mode) & 0o7777) as u16,
                     uid: p.uid.unwrap_or(self.cfg.uid),
                     gid: p.gid.unwrap_or(self.cfg.gid),
@@ -454,13 +451,7 @@ impl Fs {
                 continue;
             }
             let ci = match child {
-                Child::Dir => t.upsert(
-                    ino,
-                    name,
-                    Kind::Dir,
-                    keys::dir_prefix(&prefix, name),
-                    None,
-                ),
+                Child::Dir => t.upsert(ino, name, Kind::Dir, keys::dir_prefix(&prefix, name), None),
                 Child::File(m) => t.upsert(
                     ino,
                     name,
@@ -489,7 +480,14 @@ impl Fs {
         Ok(out)
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         let name = keys::check_name(name).map_err(name_error)?;
         let dir = self.dir_node(parent)?;
         if self.local_child(parent, name).is_some()
@@ -593,7 +591,8 @@ impl Fs {
         let mut number = 1;
         let r: Result<(), StoreError> = async {
             while off < size {
-                let len = part_size(self.cfg.part_size.max(512 * 1024 * 1024), number).min(size - off);
+                let len =
+                    part_size(self.cfg.part_size.max(512 * 1024 * 1024), number).min(size - off);
                 let etag = self
                     .store
                     .upload_part_copy(dst, &id, number, src, off..off + len)
@@ -602,7 +601,10 @@ impl Fs {
                 off += len;
                 number += 1;
             }
-            self.store.complete_multipart(dst, &id, parts).await.map(|_| ())
+            self.store
+                .complete_multipart(dst, &id, parts)
+                .await
+                .map(|_| ())
         }
         .await;
         if let Err(e) = r {
@@ -659,7 +661,8 @@ impl Fs {
                     content_type,
                     metadata: info.metadata.clone(),
                 };
-                self.copy_object(&node.key, &new_key, info.size, opts).await?;
+                self.copy_object(&node.key, &new_key, info.size, opts)
+                    .await?;
                 self.store.delete(&node.key).await?;
                 let new_info = self.store.head(&new_key).await.ok();
                 {
@@ -674,7 +677,8 @@ impl Fs {
                         p.pinned = true;
                     }
                 }
-                self.cache.put(&keys::file_key(&src_dir, name), Lookup::Missing);
+                self.cache
+                    .put(&keys::file_key(&src_dir, name), Lookup::Missing);
                 match new_info {
                     Some(i) => self
                         .cache
@@ -699,7 +703,9 @@ impl Fs {
                     }
                 }
                 if self.has_writers_below(&node.key) {
-                    return Err(FsError::Busy("rename of a directory with files open for writing"));
+                    return Err(FsError::Busy(
+                        "rename of a directory with files open for writing",
+                    ));
                 }
                 self.move_prefix(&node.key, &new_prefix).await?;
                 {
@@ -870,7 +876,11 @@ impl Fs {
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.handles.lock().get(&fh).cloned().ok_or(FsError::BadHandle)
+        self.handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 
     pub fn releasedir(&self, fh: u64) {

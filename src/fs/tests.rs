@@ -1,0 +1,403 @@
+//! Filesystem logic over the in-memory store: no kernel, no network.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::store::mem::MemStore;
+use crate::store::{CompletedPart, ListPage, ObjectInfo, StoreResult};
+
+const MIB: usize = 1024 * 1024;
+
+fn setup() -> (Arc<MemStore>, Fs) {
+    let mut m = MemStore::new();
+    m.page_size = 3; // every listing crosses pages
+    let store = Arc::new(m);
+    let cfg = FsConfig {
+        part_size: 5 * MIB as u64,
+        ttl: Duration::from_secs(60),
+        ..FsConfig::default()
+    };
+    (store.clone(), Fs::new(store, cfg))
+}
+
+async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> FsResult<u64> {
+    let (a, fh) = fs
+        .create(parent, name.as_bytes(), 0o644, libc::O_WRONLY, 0, 0)
+        .await?;
+    for (i, c) in data.chunks(128 * 1024).enumerate() {
+        fs.write(fh, (i * 128 * 1024) as u64, c).await?;
+    }
+    fs.flush(fh).await?;
+    fs.release(fh).await?;
+    Ok(a.ino)
+}
+
+async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let b = fs.read(fh, out.len() as u64, 1 << 20).await.unwrap();
+        if b.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&b);
+    }
+    fs.release(fh).await.unwrap();
+    out
+}
+
+async fn names(fs: &Fs, ino: u64) -> Vec<String> {
+    let fh = fs.opendir(ino).unwrap();
+    let e = fs.readdir(ino, fh, 0).await.unwrap();
+    fs.releasedir(fh);
+    let mut n: Vec<String> = e.iter().skip(2).map(|e| e.name.clone()).collect();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn implicit_directories_resolve_without_listing_first() {
+    let (store, fs) = setup();
+    store.insert("media/public/icons/app.png", b"icon");
+    let m = fs.lookup(ROOT, b"media").await.unwrap();
+    assert_eq!(m.kind, Kind::Dir);
+    let p = fs.lookup(m.ino, b"public").await.unwrap();
+    let i = fs.lookup(p.ino, b"icons").await.unwrap();
+    let f = fs.lookup(i.ino, b"app.png").await.unwrap();
+    assert_eq!((f.kind, f.size), (Kind::File, 4));
+    assert_eq!(read_all(&fs, f.ino).await, b"icon");
+    assert!(matches!(
+        fs.lookup(i.ino, b"nope").await,
+        Err(FsError::NotFound)
+    ));
+    assert!(store.snapshot().len() == 1, "lookups create nothing");
+}
+
+#[tokio::test]
+async fn listing_pages_hides_bad_keys_and_directory_wins() {
+    let (store, fs) = setup();
+    for i in 0..10 {
+        store.insert(&format!("d/f{i}"), b"x");
+    }
+    store.insert("d/x", b"file");
+    store.insert("d/x/inner", b"y");
+    store.insert("d//empty-component", b"z");
+    store.insert("d/./dot", b"z");
+    store.insert("d/marker/", b"");
+    let d = fs.lookup(ROOT, b"d").await.unwrap();
+    let mut n = names(&fs, d.ino).await;
+    n.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+    want.push("marker".into());
+    want.push("x".into());
+    want.sort();
+    assert_eq!(n, want);
+    assert_eq!(fs.lookup(d.ino, b"x").await.unwrap().kind, Kind::Dir);
+    assert_eq!(fs.lookup(d.ino, b"marker").await.unwrap().kind, Kind::Dir);
+    assert_eq!(store.snapshot().len(), 15, "hidden keys are never deleted");
+}
+
+#[tokio::test]
+async fn create_write_close_uploads_with_content_type() {
+    let (store, fs) = setup();
+    let data: Vec<u8> = (0..(12 * MIB)).map(|i| (i % 241) as u8).collect();
+    let ino = write_file(&fs, ROOT, "big.svg", &data).await.unwrap();
+    assert_eq!(&store.snapshot()["big.svg"][..], &data[..]);
+    assert_eq!(
+        store.content_type("big.svg").as_deref(),
+        Some("image/svg+xml")
+    );
+    assert_eq!(read_all(&fs, ino).await, data);
+    assert_eq!(fs.getattr(ino).await.unwrap().size, data.len() as u64);
+    assert_eq!(store.open_uploads(), 0);
+    assert_eq!(fs.budget().used_bytes(), 0);
+}
+
+#[tokio::test]
+async fn empty_create_leaves_an_empty_object() {
+    let (store, fs) = setup();
+    let (_, fh) = fs
+        .create(ROOT, b"e", 0o644, libc::O_RDONLY | libc::O_EXCL, 0, 0)
+        .await
+        .unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(store.snapshot()["e"].len(), 0);
+    assert!(matches!(
+        fs.create(ROOT, b"e", 0o644, libc::O_WRONLY | libc::O_EXCL, 0, 0)
+            .await,
+        Err(FsError::Exists)
+    ));
+}
+
+#[tokio::test]
+async fn long_names_are_refused() {
+    let (_, fs) = setup();
+    let long = vec![b'a'; 256];
+    assert!(matches!(
+        fs.create(ROOT, &long, 0o644, 0, 0, 0).await,
+        Err(FsError::NameTooLong)
+    ));
+    assert!(matches!(
+        fs.mkdir(ROOT, &long, 0o755, 0, 0).await,
+        Err(FsError::NameTooLong)
+    ));
+    assert!(matches!(
+        fs.lookup(ROOT, &long).await,
+        Err(FsError::NameTooLong)
+    ));
+}
+
+#[tokio::test]
+async fn mkdir_rmdir_and_emptied_directories() {
+    let (store, fs) = setup();
+    store.insert("implicit/only.txt", b"x");
+    let d = fs.mkdir(ROOT, b"home", 0o755, 0, 0).await.unwrap();
+    assert_eq!(store.snapshot().len(), 1, "no marker objects");
+    assert_eq!(names(&fs, ROOT).await, vec!["home", "implicit"]);
+    write_file(&fs, d.ino, "a.txt", b"a").await.unwrap();
+    assert!(matches!(
+        fs.rmdir(ROOT, b"home").await,
+        Err(FsError::NotEmpty)
+    ));
+    fs.unlink(d.ino, b"a.txt").await.unwrap();
+    assert_eq!(store.snapshot().len(), 1);
+    // Emptied here, it stays for the life of the mount.
+    assert_eq!(fs.lookup(ROOT, b"home").await.unwrap().kind, Kind::Dir);
+    let i = fs.lookup(ROOT, b"implicit").await.unwrap();
+    fs.unlink(i.ino, b"only.txt").await.unwrap();
+    assert_eq!(fs.lookup(ROOT, b"implicit").await.unwrap().kind, Kind::Dir);
+    fs.rmdir(ROOT, b"home").await.unwrap();
+    assert!(matches!(
+        fs.lookup(ROOT, b"home").await,
+        Err(FsError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn rename_file_and_directory_moves_keys() {
+    let (store, fs) = setup();
+    store.insert("d/a/1.txt", b"1");
+    store.insert("d/a/2.txt", b"2");
+    store.insert("d/b.svg", b"<svg/>");
+    let d = fs.lookup(ROOT, b"d").await.unwrap();
+    fs.lookup(d.ino, b"b.svg").await.unwrap();
+    fs.rename(d.ino, b"b.svg", ROOT, b"logo.png", 0)
+        .await
+        .unwrap();
+    assert_eq!(store.content_type("logo.png").as_deref(), Some("image/png"));
+    fs.lookup(d.ino, b"a").await.unwrap();
+    fs.rename(d.ino, b"a", ROOT, b"z", 0).await.unwrap();
+    let keys: Vec<String> = store.snapshot().keys().cloned().collect();
+    assert_eq!(keys, vec!["logo.png", "z/1.txt", "z/2.txt"]);
+    let z = fs.lookup(ROOT, b"z").await.unwrap();
+    let one = fs.lookup(z.ino, b"1.txt").await.unwrap();
+    assert_eq!(read_all(&fs, one.ino).await, b"1");
+    assert!(matches!(
+        fs.lookup(d.ino, b"a").await,
+        Err(FsError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn truncate_extend_shrink_and_o_trunc() {
+    let (store, fs) = setup();
+    let g = write_file(&fs, ROOT, "grow", b"head").await.unwrap();
+    fs.setattr(
+        g,
+        None,
+        SetAttr {
+            size: Some(10_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let v = &store.snapshot()["grow"];
+    assert_eq!(v.len(), 10_000);
+    assert_eq!(&v[..4], b"head");
+    assert!(v[4..].iter().all(|&b| b == 0));
+    let s = write_file(&fs, ROOT, "shrink", b"abcdef").await.unwrap();
+    fs.setattr(
+        s,
+        None,
+        SetAttr {
+            size: Some(3),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(&store.snapshot()["shrink"][..], b"abc");
+    let o = write_file(&fs, ROOT, "otrunc", b"full").await.unwrap();
+    let fh = fs.open(o, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(store.snapshot()["otrunc"].len(), 0);
+    // ftruncate on a new file, as `dd seek=N count=0` does.
+    let (a, fh) = fs
+        .create(ROOT, b"sparse", 0o644, libc::O_WRONLY, 0, 0)
+        .await
+        .unwrap();
+    fs.setattr(
+        a.ino,
+        Some(fh),
+        SetAttr {
+            size: Some(11 * MIB as u64),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let sp = &store.snapshot()["sparse"];
+    assert_eq!(sp.len(), 11 * MIB);
+    assert!(sp.iter().all(|&b| b == 0));
+}
+
+#[tokio::test]
+async fn append_and_overwrite_keep_the_rest() {
+    let (store, fs) = setup();
+    let ino = write_file(&fs, ROOT, "f", b"0123456789").await.unwrap();
+    let fh = fs.open(ino, libc::O_WRONLY | libc::O_APPEND).await.unwrap();
+    fs.write(fh, 10, b"AB").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(&store.snapshot()["f"][..], b"0123456789AB");
+    let fh = fs.open(ino, libc::O_WRONLY).await.unwrap();
+    fs.write(fh, 2, b"xy").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    // fsync'ed data stays; writing may go on after it.
+    fs.write(fh, 4, b"zz").await.unwrap();
+    fs.fsync(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(&store.snapshot()["f"][..], b"01xyzz6789AB");
+}
+
+#[tokio::test]
+async fn unlinked_while_open_is_not_resurrected() {
+    let (store, fs) = setup();
+    let (_, fh) = fs
+        .create(ROOT, b"tmp", 0o644, libc::O_WRONLY, 0, 0)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"data").await.unwrap();
+    fs.unlink(ROOT, b"tmp").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(store.snapshot().is_empty());
+}
+
+/// Fails every upload while `fail` is set.
+struct Flaky {
+    inner: MemStore,
+    fail: AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> StoreResult<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(StoreError::Unreachable("injected".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Flaky {
+    async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage> {
+        self.inner.list(prefix, delimiter, token, max_keys).await
+    }
+    async fn get_range(&self, key: &str, r: Range<u64>, m: Option<&str>) -> StoreResult<Bytes> {
+        self.inner.get_range(key, r, m).await
+    }
+    async fn put(&self, key: &str, body: Bytes, o: &PutOptions) -> StoreResult<Option<String>> {
+        self.check()?;
+        self.inner.put(key, body, o).await
+    }
+    async fn create_multipart(&self, key: &str, o: &PutOptions) -> StoreResult<String> {
+        self.inner.create_multipart(key, o).await
+    }
+    async fn upload_part(&self, key: &str, id: &str, n: i32, body: Bytes) -> StoreResult<String> {
+        self.check()?;
+        self.inner.upload_part(key, id, n, body).await
+    }
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        id: &str,
+        n: i32,
+        src: &str,
+        r: Range<u64>,
+    ) -> StoreResult<String> {
+        self.check()?;
+        self.inner.upload_part_copy(key, id, n, src, r).await
+    }
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> StoreResult<Option<String>> {
+        self.check()?;
+        self.inner.complete_multipart(key, id, parts).await
+    }
+    async fn abort_multipart(&self, key: &str, id: &str) -> StoreResult<()> {
+        self.inner.abort_multipart(key, id).await
+    }
+    async fn copy(&self, s: &str, d: &str, o: Option<&PutOptions>) -> StoreResult<()> {
+        self.check()?;
+        self.inner.copy(s, d, o).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_upload_is_an_error_and_the_old_version_stays() {
+    let flaky = Arc::new(Flaky {
+        inner: MemStore::new(),
+        fail: AtomicBool::new(false),
+    });
+    flaky.inner.insert("victim", b"previous");
+    let fs = Fs::new(
+        flaky.clone(),
+        FsConfig {
+            part_size: 5 * MIB as u64,
+            ..FsConfig::default()
+        },
+    );
+    let v = fs.lookup(ROOT, b"victim").await.unwrap();
+    let fh = fs
+        .open(v.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    fs.write(fh, 0, &vec![7u8; 6 * MIB]).await.unwrap();
+    flaky.fail.store(true, Ordering::SeqCst);
+    let mut failed = fs
+        .write(fh, 6 * MIB as u64, &vec![7u8; 6 * MIB])
+        .await
+        .is_err();
+    failed |= fs.flush(fh).await.is_err();
+    assert!(failed, "the writer must see the failure");
+    fs.release(fh).await.ok();
+    assert_eq!(&flaky.inner.snapshot()["victim"][..], b"previous");
+    assert_eq!(flaky.inner.open_uploads(), 0);
+    let a = fs.getattr(v.ino).await.unwrap();
+    assert_eq!(a.size, 8, "stat agrees with the bucket");
+}

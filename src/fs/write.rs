@@ -66,20 +66,20 @@ impl Fs {
     }
 
     /// Streams base bytes `range` into the upload, pinned to the base's ETag.
-    async fn copy_base(
-        &self,
-        w: &mut WriteState,
-        start: u64,
-        end: u64,
-    ) -> FsResult<()> {
+    async fn copy_base(&self, w: &mut WriteState, start: u64, end: u64) -> FsResult<()> {
         let etag = w.base.as_ref().and_then(|b| b.etag.clone());
         let up = w.up.as_mut().ok_or(FsError::BadHandle)?;
         let mut off = start;
         while off < end {
             let stop = (off + COPY_CHUNK).min(end);
-            let data = self.store.get_range(&w.key, off..stop, etag.as_deref()).await?;
+            let data = self
+                .store
+                .get_range(&w.key, off..stop, etag.as_deref())
+                .await?;
             if data.len() as u64 != stop - off {
-                return Err(StoreError::Other("short read of the file's current version".into()).into());
+                return Err(
+                    StoreError::Other("short read of the file's current version".into()).into(),
+                );
             }
             up.write(&data).await?;
             off = stop;
@@ -187,11 +187,13 @@ impl Fs {
             tail_end: 0,
             dirty: true, // even with no write, close leaves an empty object
         };
-        let fh = self.add_handle(Handle::File(tokio::sync::Mutex::new(FileHandle {
-            ino,
-            reader: None,
-            writer: Some(w),
-        })));
+        let fh = self.add_handle(Handle::File(Box::new(tokio::sync::Mutex::new(
+            FileHandle {
+                ino,
+                reader: None,
+                writer: Some(w),
+            },
+        ))));
         Ok((self.node_attr(ino)?, fh))
     }
 
@@ -225,11 +227,15 @@ impl Fs {
                 None
             }
         };
-        Ok(self.add_handle(Handle::File(tokio::sync::Mutex::new(FileHandle {
-            ino,
-            reader: None,
-            writer,
-        }))))
+        Ok(
+            self.add_handle(Handle::File(Box::new(tokio::sync::Mutex::new(
+                FileHandle {
+                    ino,
+                    reader: None,
+                    writer,
+                },
+            )))),
+        )
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -300,7 +306,9 @@ impl Fs {
                 w.pos = size;
                 w.tail_end = 0;
             } else {
-                return Err(FsError::Unsupported("shrinking below data already uploaded"));
+                return Err(FsError::Unsupported(
+                    "shrinking below data already uploaded",
+                ));
             }
             w.dirty = true;
         }

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use super::{CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult};
+use super::{
+    CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult,
+};
 
 #[derive(Clone)]
 struct Obj {
@@ -47,7 +49,10 @@ impl MemStore {
     }
 
     fn next_tag(&self) -> String {
-        format!("\"{:032x}\"", self.counter.fetch_add(1, Ordering::Relaxed) + 1)
+        format!(
+            "\"{:032x}\"",
+            self.counter.fetch_add(1, Ordering::Relaxed) + 1
+        )
     }
 
     /// Everything in the bucket: key → bytes (test oracle).
@@ -293,6 +298,13 @@ impl ObjectStore for MemStore {
     }
 }
 
+impl MemStore {
+    /// The current ETag of `key` (tests).
+    pub fn head_sync(&self, key: &str) -> Option<String> {
+        self.objects.lock().get(key).map(|o| o.etag.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,12 +329,5 @@ mod tests {
         }
         names.sort();
         assert_eq!(names, vec!["a/", "b", "c/", "d"]);
-    }
-}
-
-impl MemStore {
-    /// The current ETag of `key` (tests).
-    pub fn head_sync(&self, key: &str) -> Option<String> {
-        self.objects.lock().get(key).map(|o| o.etag.clone())
     }
 }

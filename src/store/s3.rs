@@ -12,7 +12,9 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult};
+use super::{
+    CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult,
+};
 
 /// Where and how to reach the bucket. Credentials are never here: they come from the AWS
 /// credential chain (environment, profile, web identity, ECS, IMDS, SSO).
@@ -92,7 +94,11 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
-fn map_err<E>(op: &str, key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+fn map_err<E>(
+    op: &str,
+    key: &str,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -318,7 +324,11 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(number)
             .copy_source(self.copy_source(src_key))
-            .copy_source_range(format!("bytes={}-{}", range.start, range.end.saturating_sub(1)))
+            .copy_source_range(format!(
+                "bytes={}-{}",
+                range.start,
+                range.end.saturating_sub(1)
+            ))
             .send()
             .await
             .map_err(|e| map_err("UploadPartCopy", key, e))?;
