@@ -8,6 +8,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Permits are counted in KiB so that a budget of many GiB fits in a u32 acquire.
 const UNIT: u64 = 1024;
 
+/// Longest wait for room before a buffer is allowed over budget.
+pub const OVERCOMMIT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct MemoryBudget {
     sem: Arc<Semaphore>,
@@ -36,15 +39,23 @@ impl MemoryBudget {
             .min(u32::MAX as u64) as u32
     }
 
-    /// Waits until `bytes` fit in the budget.
+    /// Waits until `bytes` fit in the budget. Buffers are held by open files, so a budget
+    /// full of files that never progress could wait forever: after `OVERCOMMIT_AFTER` the
+    /// request goes ahead over budget (with a warning) rather than hang the writer.
     pub async fn reserve(&self, bytes: u64) -> Reservation {
-        let permit = self
-            .sem
-            .clone()
-            .acquire_many_owned(self.units(bytes))
-            .await
-            .ok();
-        Reservation { _permit: permit }
+        let acquire = self.sem.clone().acquire_many_owned(self.units(bytes));
+        match tokio::time::timeout(OVERCOMMIT_AFTER, acquire).await {
+            Ok(p) => Reservation { _permit: p.ok() },
+            Err(_) => {
+                tracing::warn!(
+                    bytes,
+                    budget = self.total_bytes(),
+                    "memory budget exhausted for {}s; going over it (raise --max-memory?)",
+                    OVERCOMMIT_AFTER.as_secs()
+                );
+                Reservation { _permit: None }
+            }
+        }
     }
 
     /// Reserves `bytes` only if they fit now.

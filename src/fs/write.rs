@@ -159,10 +159,13 @@ impl Fs {
             size: 0,
             etag: None,
             modified: now,
+            // Only what differs from the mount's defaults is stored, so a listing (which
+            // carries no metadata) shows the same owner and mode as a HEAD.
             posix: PosixMeta {
-                mode: Some(libc::S_IFREG | (mode & 0o7777)),
-                uid: Some(uid),
-                gid: Some(gid),
+                mode: (mode & 0o7777 != self.cfg.file_mode)
+                    .then_some(libc::S_IFREG | (mode & 0o7777)),
+                uid: (uid != self.cfg.uid).then_some(uid),
+                gid: (gid != self.cfg.gid).then_some(gid),
                 mtime: Some(now),
             },
             posix_known: true,
