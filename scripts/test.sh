@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The one test command: deps, build, unit tests, then the integration tests once per S3 server
+# (seaweedfs, moto, garage). Exit non-zero on any failure.
+#
+#   scripts/test.sh                  # everything
+#   BUCKETFS_SKIP_GARAGE=1 scripts/test.sh
+#   BUCKETFS_TEST_SERVERS="moto" scripts/test.sh -- case10   # servers / test filter
+#   BUCKETFS_TEST_THREADS=4          # parallel tests per server run (default 4)
+#   BUCKETFS_TEST_TIMEOUT=1200       # seconds per server run
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+SERVERS=${BUCKETFS_TEST_SERVERS:-seaweedfs moto garage}
+THREADS=${BUCKETFS_TEST_THREADS:-4}
+TIMEOUT=${BUCKETFS_TEST_TIMEOUT:-1200}
+FILTER=()
+if [ "${1:-}" = "--" ]; then shift; FILTER=("$@"); fi
+
+banner() { printf '\n==== %s ====\n' "$*"; }
+declare -a SUMMARY=()
+SKIP_LOG=$(mktemp /tmp/bucketfs-test-skips.XXXXXX)
+export BUCKETFS_TEST_SKIP_LOG=$SKIP_LOG
+fail=0
+t_all=$(date +%s)
+
+banner "install-deps"
+t0=$(date +%s)
+if ! scripts/install-deps.sh; then echo "install-deps.sh failed" >&2; exit 1; fi
+SUMMARY+=("install-deps: ok ($(( $(date +%s) - t0 )) s)")
+
+banner "cargo build --all-targets"
+t0=$(date +%s)
+if ! cargo build --all-targets; then echo "build failed" >&2; exit 1; fi
+SUMMARY+=("build: ok ($(( $(date +%s) - t0 )) s)")
+
+banner "unit tests"
+t0=$(date +%s)
+unit_args=(--bins)
+[ -f src/lib.rs ] && unit_args+=(--lib)
+if cargo test "${unit_args[@]}"; then
+  SUMMARY+=("unit tests: ok ($(( $(date +%s) - t0 )) s)")
+else
+  SUMMARY+=("unit tests: FAILED"); fail=1
+fi
+
+# Lazy-unmount any FUSE mount a killed test binary left behind (only the harness's own dirs).
+sweep_mounts() {
+  local left
+  left=$(awk '$3 ~ /^fuse/ && $2 ~ /\/bucketfs-test-/ {print $2}' /proc/mounts)
+  if [ -n "$left" ]; then
+    echo "WARNING: FUSE mounts left behind, unmounting: $left" >&2
+    for m in $left; do fusermount3 -u -z "$(printf '%b' "$m")" || true; done
+    return 1
+  fi
+  return 0
+}
+
+for s in $SERVERS; do
+  if [ "$s" = garage ] && [ "${BUCKETFS_SKIP_GARAGE:-0}" = 1 ]; then
+    banner "GARAGE SKIPPED (BUCKETFS_SKIP_GARAGE=1): integration tests did NOT run on Garage"
+    SUMMARY+=("integration on garage: SKIPPED (BUCKETFS_SKIP_GARAGE=1)")
+    continue
+  fi
+  banner "integration tests on $s"
+  t0=$(date +%s)
+  # timeout signals the whole process group: the test binary dies, its S3 server and bucketfs
+  # daemons follow through PDEATHSIG.
+  BUCKETFS_TEST_SERVER=$s timeout -k 30 "$TIMEOUT" \
+    cargo test --test '*' -- --test-threads="$THREADS" "${FILTER[@]}"
+  rc=$?
+  if ! sweep_mounts; then rc=${rc/#0/1}; fi
+  if [ "$rc" = 0 ]; then
+    SUMMARY+=("integration on $s: ok ($(( $(date +%s) - t0 )) s)")
+  else
+    [ "$rc" = 124 ] && note=" (timed out after ${TIMEOUT}s)" || note=""
+    SUMMARY+=("integration on $s: FAILED rc=$rc$note ($(( $(date +%s) - t0 )) s)"); fail=1
+  fi
+done
+
+banner "summary ($(( $(date +%s) - t_all )) s)"
+printf '  %s\n' "${SUMMARY[@]}"
+if [ -s "$SKIP_LOG" ]; then
+  echo "  skipped on a server that deviates from AWS:"
+  sed 's/^/    /' "$SKIP_LOG"
+fi
+rm -f "$SKIP_LOG"
+exit $fail
