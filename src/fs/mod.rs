@@ -846,8 +846,16 @@ impl Fs {
                 nm.etag = m.etag.clone();
             }
         }
-        self.cache.put(&key, Lookup::File(m));
+        self.object_changed(&key, Lookup::File(m));
         Ok(())
+    }
+
+    /// The object at `key` changed through this mount: its entry and its directory's
+    /// listing must not serve the old state.
+    fn object_changed(&self, key: &str, l: Lookup) {
+        self.cache.put(key, l);
+        let dir = key.rfind('/').map(|i| &key[..=i]).unwrap_or("");
+        self.cache.dir_changed(dir);
     }
 
     // ---- statfs -----------------------------------------------------------------------
@@ -961,3 +969,6 @@ pub struct Statfs {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod model_tests;

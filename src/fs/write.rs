@@ -407,7 +407,7 @@ impl Fs {
         }
         let size = up.len();
         let etag = up.finish().await?;
-        let (dir, m) = {
+        let m = {
             let mut t = self.inodes.lock();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             let posix = n.meta.as_ref().map(|m| m.posix).unwrap_or_default();
@@ -420,11 +420,9 @@ impl Fs {
             };
             n.meta = Some(m.clone());
             n.pending_size = None;
-            let parent = n.parent;
-            (t.get(parent).map(|p| p.key.clone()).unwrap_or_default(), m)
+            m
         };
-        self.cache.put(&w.key, Lookup::File(m));
-        self.cache.dir_changed(&dir);
+        self.object_changed(&w.key, Lookup::File(m));
         w.base = Some(Base { size, etag });
         w.pos = 0;
         w.tail_end = 0;
