@@ -256,7 +256,9 @@ async fn step(h: &mut Harness, m: &mut Model, op: &Op) {
             h.fs.write(fh, size as u64, &data).await.expect("append");
             h.fs.flush(fh).await.expect("flush");
             h.fs.release(fh).await.expect("release");
-            m.files.get_mut(&p).map(|v| v.extend_from_slice(&data));
+            if let Some(v) = m.files.get_mut(&p) {
+                v.extend_from_slice(&data);
+            }
         }
         Op::Truncate { file, size } => {
             let Some(p) = m.pick_file(file) else { return };
@@ -271,7 +273,9 @@ async fn step(h: &mut Harness, m: &mut Model, op: &Op) {
             )
             .await
             .expect("truncate");
-            m.files.get_mut(&p).map(|v| v.resize(size, 0));
+            if let Some(v) = m.files.get_mut(&p) {
+                v.resize(size, 0);
+            }
         }
         Op::Unlink { file } => {
             let Some(p) = m.pick_file(file) else { return };
