@@ -1204,6 +1204,34 @@ fn read_only_key() {
 }
 
 // ==========================================================================================
+// other uids (standard FUSE behaviour; case-18 covers the full permission model)
+
+#[test]
+fn other_uid_needs_allow_other() {
+    let t = scratch();
+    s3().put(&format!("{t}/f.txt"), "shared");
+    let nobody = 65534;
+    let m = Mount::new();
+    let r = sh_as(nobody, nobody, &format!("ls {}", q(m.p(&t))));
+    assert!(
+        !r.ok() && r.stderr.contains("Permission denied"),
+        "without --allow-other another uid gets EACCES: {r:?}"
+    );
+    drop(m);
+    let m = Mount::with(MountOpts::default().arg("--allow-other"));
+    let r = sh_as(
+        nobody,
+        nobody,
+        &format!("cat {}", q(m.p(&format!("{t}/f.txt")))),
+    );
+    assert!(
+        r.ok(),
+        "with --allow-other another uid reads a 0644 file: {r:?}"
+    );
+    assert_eq!(r.stdout, "shared");
+}
+
+// ==========================================================================================
 // case-17 (basic form): unmount with writes still pending
 
 #[test]

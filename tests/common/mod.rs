@@ -92,7 +92,42 @@ fn parse_env_file(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Remove temp dirs of earlier test binaries that were killed before their atexit cleanup:
+/// `bucketfs-s3-<kind>-<pid>-*` and `bucketfs-test-<tag>-<pid>-*` whose pid is gone, and only if
+/// nothing below them is mounted.
+fn clean_stale_temp_dirs() {
+    let tmp = std::env::temp_dir();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Ok(rd) = fs::read_dir(&tmp) else { return };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rest = if let Some(r) = name.strip_prefix("bucketfs-s3-") {
+            r
+        } else if let Some(r) = name.strip_prefix("bucketfs-test-") {
+            r
+        } else {
+            continue;
+        };
+        // <tag>-<pid>-...
+        let Some(pid) = rest.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        let p = path.to_string_lossy().into_owned();
+        if mounts.lines().any(|l| l.contains(&p)) {
+            continue;
+        }
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
 fn start_server() -> Server {
+    clean_stale_temp_dirs();
     let kind = kind();
     let dir = std::env::temp_dir().join(format!(
         "bucketfs-s3-{}-{}-{}",
