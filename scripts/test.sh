@@ -33,6 +33,14 @@ t0=$(date +%s)
 if ! cargo build --all-targets; then echo "build failed" >&2; exit 1; fi
 SUMMARY+=("build: ok ($(( $(date +%s) - t0 )) s)")
 
+banner "cargo fmt --check, cargo clippy -D warnings"
+t0=$(date +%s)
+if cargo fmt --all -- --check && cargo clippy --all-targets -- -D warnings; then
+  SUMMARY+=("fmt + clippy: ok ($(( $(date +%s) - t0 )) s)")
+else
+  SUMMARY+=("fmt + clippy: FAILED"); fail=1
+fi
+
 banner "unit tests"
 t0=$(date +%s)
 unit_args=(--bins)

@@ -138,8 +138,11 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
         .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
         .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
         .unwrap_or_else(|| "AWS S3".into());
-    let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::connect(&s3)));
-    rt.block_on(preflight(&*store, &s3.bucket, &cfg.prefix, &endpoint))?;
+    let s3store = Arc::new(rt.block_on(S3Store::connect(&s3)));
+    s3store.set_log_failures(false);
+    rt.block_on(preflight(&*s3store, &s3.bucket, &cfg.prefix, &endpoint))?;
+    s3store.set_log_failures(true);
+    let store: Arc<dyn ObjectStore> = s3store;
 
     let fs = Arc::new(Fs::new(store, cfg));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();

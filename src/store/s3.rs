@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -35,6 +36,8 @@ pub struct S3Settings {
 pub struct S3Store {
     client: Client,
     bucket: String,
+    /// Off during the start-up check, whose failure is reported as one line instead.
+    log_failures: AtomicBool,
 }
 
 impl S3Store {
@@ -72,7 +75,29 @@ impl S3Store {
         S3Store {
             client: Client::from_conf(b.build()),
             bucket: s.bucket.clone(),
+            log_failures: AtomicBool::new(true),
         }
+    }
+
+    /// Whether each failed request is logged (operation, key, error; never credentials).
+    pub fn set_log_failures(&self, on: bool) {
+        self.log_failures.store(on, Ordering::Relaxed);
+    }
+
+    fn fail<E>(
+        &self,
+        op: &str,
+        key: &str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let err = map_err(e);
+        if !matches!(err, StoreError::NotFound) && self.log_failures.load(Ordering::Relaxed) {
+            tracing::warn!(op, key, error = %err, "S3 request failed");
+        }
+        err
     }
 
     fn copy_source(&self, key: &str) -> String {
@@ -94,11 +119,8 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
-fn map_err<E>(
-    op: &str,
-    key: &str,
-    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> StoreError
+/// The SDK's error as a [`StoreError`]: what happened, for the caller's errno.
+fn map_err<E>(e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -137,9 +159,6 @@ where
         }
         _ => StoreError::Other(DisplayErrorContext(&e).to_string()),
     };
-    if !matches!(err, StoreError::NotFound) {
-        tracing::warn!(op, key, error = %err, "S3 request failed");
-    }
     err
 }
 
@@ -157,7 +176,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| map_err("HeadObject", key, e))?;
+            .map_err(|e| self.fail("HeadObject", key, e))?;
         Ok(ObjectInfo {
             key: key.to_string(),
             size: o.content_length().unwrap_or(0).max(0) as u64,
@@ -192,7 +211,7 @@ impl ObjectStore for S3Store {
             .set_max_keys(max_keys)
             .send()
             .await
-            .map_err(|e| map_err("ListObjectsV2", prefix, e))?;
+            .map_err(|e| self.fail("ListObjectsV2", prefix, e))?;
         let objects = o
             .contents()
             .iter()
@@ -242,7 +261,7 @@ impl ObjectStore for S3Store {
             .set_if_match(if_match.map(str::to_string))
             .send()
             .await
-            .map_err(|e| map_err("GetObject", key, e))?;
+            .map_err(|e| self.fail("GetObject", key, e))?;
         let body = o.body.collect().await.map_err(|e| {
             tracing::warn!(op = "GetObject", key, error = %e, "reading body failed");
             StoreError::Other(format!("reading body: {e}"))
@@ -263,7 +282,7 @@ impl ObjectStore for S3Store {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| map_err("PutObject", key, e))?;
+            .map_err(|e| self.fail("PutObject", key, e))?;
         Ok(o.e_tag().map(str::to_string))
     }
 
@@ -277,7 +296,7 @@ impl ObjectStore for S3Store {
             .set_metadata(meta(opts))
             .send()
             .await
-            .map_err(|e| map_err("CreateMultipartUpload", key, e))?;
+            .map_err(|e| self.fail("CreateMultipartUpload", key, e))?;
         o.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
@@ -302,7 +321,7 @@ impl ObjectStore for S3Store {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| map_err("UploadPart", key, e))?;
+            .map_err(|e| self.fail("UploadPart", key, e))?;
         o.e_tag()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other("UploadPart returned no ETag".into()))
@@ -331,7 +350,7 @@ impl ObjectStore for S3Store {
             ))
             .send()
             .await
-            .map_err(|e| map_err("UploadPartCopy", key, e))?;
+            .map_err(|e| self.fail("UploadPartCopy", key, e))?;
         o.copy_part_result()
             .and_then(|r| r.e_tag())
             .map(str::to_string)
@@ -366,7 +385,7 @@ impl ObjectStore for S3Store {
             )
             .send()
             .await
-            .map_err(|e| map_err("CompleteMultipartUpload", key, e))?;
+            .map_err(|e| self.fail("CompleteMultipartUpload", key, e))?;
         Ok(o.e_tag().map(str::to_string))
     }
 
@@ -378,7 +397,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(|e| map_err("AbortMultipartUpload", key, e))?;
+            .map_err(|e| self.fail("AbortMultipartUpload", key, e))?;
         Ok(())
     }
 
@@ -397,7 +416,7 @@ impl ObjectStore for S3Store {
         }
         req.send()
             .await
-            .map_err(|e| map_err("CopyObject", dst, e))?;
+            .map_err(|e| self.fail("CopyObject", dst, e))?;
         Ok(())
     }
 
@@ -408,7 +427,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| map_err("DeleteObject", key, e))?;
+            .map_err(|e| self.fail("DeleteObject", key, e))?;
         Ok(())
     }
 }
