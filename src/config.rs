@@ -25,14 +25,31 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Mount BUCKET[:PREFIX] at MOUNTPOINT; runs in the foreground until unmounted.
+    /// Mount [BUCKET[:PREFIX]] at MOUNTPOINT; runs in the foreground until unmounted.
+    /// Without BUCKET, authentik's BUCKET_NAME is used (`:PREFIX` keeps it and adds a prefix).
+    #[command(allow_missing_positional = true)]
     Mount(MountArgs),
+    /// Print the effective S3 settings (authentik's variables, env file, flags) and where each
+    /// came from; secrets redacted.
+    Config(crate::bucket::ConfigArgs),
+    /// Create the bucket (private) if absent, apply a CORS rule for the origins, print the IAM
+    /// policy. Idempotent.
+    Setup(crate::bucket::SetupArgs),
+    /// Prove every S3 action authentik needs with real calls, the CORS answer, and the
+    /// Content-Type of every object. Exit 1 if anything fails.
+    Check(crate::bucket::CheckArgs),
+    /// Rewrite missing or wrong Content-Type headers in place (user metadata kept).
+    FixContentType(crate::bucket::FixArgs),
+    /// The URL a browser gets for a file, by authentik's rules.
+    Url(crate::bucket::UrlArgs),
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
     /// Bucket, optionally with a key prefix that becomes the mount root: `bucket:media`.
-    pub bucket: String,
+    /// Default: authentik's BUCKET_NAME; `:media` is that bucket with a prefix.
+    #[arg(value_name = "BUCKET[:PREFIX]")]
+    pub bucket: Option<String>,
     /// An existing, empty directory.
     pub mountpoint: PathBuf,
     /// S3 endpoint URL for non-AWS stores (also read from AWS_ENDPOINT_URL).
@@ -47,6 +64,15 @@ pub struct MountArgs {
     /// Path-style requests (http://host/bucket/key), which most self-hosted stores need.
     #[arg(long)]
     pub force_path_style: bool,
+    /// authentik env file to read AUTHENTIK_STORAGE__S3__* from (the environment overrides it).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// Which authentik usage's S3 settings to use.
+    #[arg(long, value_enum, default_value_t = crate::authentik::Usage::Media)]
+    pub usage: crate::authentik::Usage,
+    /// Settings resolved from authentik's configuration (set by `main` before mounting).
+    #[arg(skip)]
+    pub resolved: Option<S3Settings>,
     /// Owner of files and directories without stored ownership (default: the mounting user).
     #[arg(long)]
     pub uid: Option<u32>,
@@ -132,9 +158,27 @@ pub fn split_bucket(s: &str) -> Result<(String, String), String> {
     Ok((b.to_string(), prefix))
 }
 
+/// The mount's `BUCKET[:PREFIX]` argument: (bucket, if named; normalised prefix).
+/// `:prefix` names only a prefix (the bucket comes from the configuration).
+pub fn split_spec(spec: Option<&str>) -> Result<(Option<String>, String), String> {
+    match spec {
+        None => Ok((None, String::new())),
+        Some(s) if s.starts_with(':') => {
+            let (_, p) = split_bucket(&format!("placeholder{s}"))?;
+            Ok((None, p))
+        }
+        Some(s) => split_bucket(s).map(|(b, p)| (Some(b), p)),
+    }
+}
+
 impl MountArgs {
     pub fn s3_settings(&self) -> Result<S3Settings, String> {
-        let (bucket, _) = split_bucket(&self.bucket)?;
+        if let Some(s) = &self.resolved {
+            return Ok(s.clone());
+        }
+        let bucket = split_spec(self.bucket.as_deref())?
+            .0
+            .ok_or("no bucket: name it (BUCKET[:PREFIX]) or set AUTHENTIK_STORAGE__S3__BUCKET_NAME")?;
         Ok(S3Settings {
             bucket,
             endpoint: self.endpoint.clone(),
@@ -144,11 +188,12 @@ impl MountArgs {
             max_attempts: self.max_attempts.clamp(1, 20),
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(60),
+            ..S3Settings::default()
         })
     }
 
     pub fn fs_config(&self, default_uid: u32, default_gid: u32) -> Result<FsConfig, String> {
-        let (_, prefix) = split_bucket(&self.bucket)?;
+        let (_, prefix) = split_spec(self.bucket.as_deref())?;
         if self.part_size * MIB < MIN_PART_SIZE || self.part_size > 5 * 1024 {
             return Err("--part-size must be between 5 and 5120 MiB".into());
         }
@@ -220,7 +265,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Command::Mount(m) = c.command;
+        let Command::Mount(m) = c.command else {
+            panic!("not a mount")
+        };
         let f = m.fs_config(0, 0).unwrap();
         assert_eq!((f.uid, f.gid, f.prefix.as_str()), (1000, 0, "media/"));
         assert_eq!(f.ttl, Duration::from_secs(2));

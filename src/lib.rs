@@ -2,6 +2,8 @@
 //! filesystem logic (`fs`) → caches and buffers (`cache`, `prefetch`, `upload`, `budget`)
 //! → object store (`store`) → S3. Pure rules live in `keys`, `meta` and `config`.
 
+pub mod authentik;
+pub mod bucket;
 pub mod budget;
 pub mod cache;
 pub mod config;
@@ -12,5 +14,6 @@ pub mod keys;
 pub mod meta;
 pub mod prefetch;
 pub mod service;
+pub mod sigv2;
 pub mod store;
 pub mod upload;

@@ -19,6 +19,11 @@ fn main() {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
                 .init();
+            let mut args = args;
+            if let Err(e) = bucketfs::bucket::resolve_mount(&mut args) {
+                eprintln!("bucketfs: {e}");
+                std::process::exit(service::EXIT_USAGE);
+            }
             match service::run_mount(args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -26,6 +31,17 @@ fn main() {
                     service::EXIT_USAGE
                 }
             }
+        }
+        other => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .init();
+            bucketfs::bucket::run(&other)
         }
     };
     std::process::exit(code);

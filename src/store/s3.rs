@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
+use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective, ObjectCannedAcl};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
@@ -17,8 +17,27 @@ use super::{
     CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult,
 };
 
-/// Where and how to reach the bucket. Credentials are never here: they come from the AWS
-/// credential chain (environment, profile, web identity, ECS, IMDS, SSO).
+/// Static keys from authentik's configuration (`Debug` never shows the secret or the token).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StaticCredentials {
+    pub access_key: String,
+    pub secret_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key", &crate::authentik::redact_key_id(&self.access_key))
+            .field("secret_key", &"(redacted)")
+            .field("session_token", &self.session_token.as_ref().map(|_| "(redacted)"))
+            .finish()
+    }
+}
+
+/// Where and how to reach the bucket. Credentials come from `credentials` (authentik's
+/// ACCESS_KEY/SECRET_KEY) or else the AWS credential chain (environment, profile, web
+/// identity, ECS, IMDS, SSO).
 #[derive(Clone, Debug, Default)]
 pub struct S3Settings {
     pub bucket: String,
@@ -31,11 +50,21 @@ pub struct S3Settings {
     pub connect_timeout: Duration,
     /// Bound on one attempt of one request, so a dead endpoint cannot hang a writer.
     pub attempt_timeout: Duration,
+    /// Static keys; None: the AWS credential chain.
+    pub credentials: Option<StaticCredentials>,
+    /// Sign with legacy Signature Version 2 (authentik's SIGNATURE_VERSION=s3) instead of SigV4.
+    pub signature_v2: bool,
+    /// Canned ACL sent with every object write (PutObject, CreateMultipartUpload, CopyObject);
+    /// None sends no ACL header.
+    pub object_acl: Option<String>,
 }
 
 pub struct S3Store {
     client: Client,
     bucket: String,
+    acl: Option<ObjectCannedAcl>,
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    region: String,
     /// Off during the start-up check, whose failure is reported as one line instead.
     log_failures: AtomicBool,
 }
@@ -48,6 +77,14 @@ impl S3Store {
         }
         if let Some(p) = &s.profile {
             loader = loader.profile_name(p);
+        } else if let Some(c) = &s.credentials {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                c.access_key.clone(),
+                c.secret_key.clone(),
+                c.session_token.clone(),
+                None,
+                "bucketfs-config",
+            ));
         }
         let shared = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
@@ -72,11 +109,57 @@ impl S3Store {
         if let Some(e) = &s.endpoint {
             b = b.endpoint_url(e);
         }
+        let credentials = shared.credentials_provider();
+        if s.signature_v2 {
+            let slot = crate::sigv2::CredentialSlot::default();
+            if let Some(inner) = credentials.clone() {
+                b = b.credentials_provider(crate::sigv2::CapturingCredentials {
+                    inner,
+                    slot: slot.clone(),
+                });
+            }
+            b = b.interceptor(crate::sigv2::SigV2Interceptor {
+                bucket: s.bucket.clone(),
+                slot,
+            });
+        }
+        let region = shared
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "us-east-1".into());
         S3Store {
             client: Client::from_conf(b.build()),
             bucket: s.bucket.clone(),
+            acl: s.object_acl.as_deref().map(ObjectCannedAcl::from),
+            credentials,
+            region,
             log_failures: AtomicBool::new(true),
         }
+    }
+
+    /// The SDK client, for the bucket commands (setup, check, fix-content-type).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The canned ACL sent with every object write.
+    pub fn acl(&self) -> Option<ObjectCannedAcl> {
+        self.acl.clone()
+    }
+
+    /// The signing region in use.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The credentials the client signs with (for presigned URLs); None if there are none.
+    pub async fn credentials(&self) -> Option<aws_credential_types::Credentials> {
+        use aws_credential_types::provider::ProvideCredentials;
+        self.credentials.as_ref()?.provide_credentials().await.ok()
     }
 
     /// Whether each failed request is logged (operation, key, error; never credentials).
@@ -279,6 +362,7 @@ impl ObjectStore for S3Store {
             .content_length(len)
             .content_type(&opts.content_type)
             .set_metadata(meta(opts))
+            .set_acl(self.acl())
             .body(ByteStream::from(body))
             .send()
             .await
@@ -294,6 +378,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .content_type(&opts.content_type)
             .set_metadata(meta(opts))
+            .set_acl(self.acl())
             .send()
             .await
             .map_err(|e| self.fail("CreateMultipartUpload", key, e))?;
@@ -407,7 +492,8 @@ impl ObjectStore for S3Store {
             .copy_object()
             .bucket(&self.bucket)
             .key(dst)
-            .copy_source(self.copy_source(src));
+            .copy_source(self.copy_source(src))
+            .set_acl(self.acl());
         if let Some(o) = opts {
             req = req
                 .metadata_directive(MetadataDirective::Replace)
