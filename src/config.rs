@@ -108,9 +108,30 @@ pub struct MountArgs {
     /// Attempts per S3 request, first included, before the error reaches the caller.
     #[arg(long, default_value_t = 4)]
     pub max_attempts: u32,
+    /// Directory where files open for writing are staged (default: a `bucketfs` directory
+    /// in /var/cache for root, else in $XDG_CACHE_HOME or ~/.cache, else /tmp).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound (MiB) on staged bytes of all open files; a stream larger than it still uploads.
+    #[arg(long, default_value_t = 4096)]
+    pub max_cache_size: u64,
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// The cache directory when `--cache-dir` is not given.
+pub fn default_cache_dir() -> PathBuf {
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/bucketfs");
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("bucketfs");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".cache/bucketfs");
+    }
+    std::env::temp_dir().join("bucketfs")
 }
 
 pub fn parse_mode(s: &str) -> Result<u32, String> {
@@ -216,6 +237,8 @@ impl MountArgs {
                 max_window: self.max_readahead.max(1) * MIB,
                 ..ReadConfig::default()
             },
+            cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+            max_cache_size: self.max_cache_size.max(16) * MIB,
         })
     }
 }

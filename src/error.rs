@@ -24,6 +24,8 @@ pub enum FsError {
     Unsupported(&'static str),
     #[error("bad file handle")]
     BadHandle,
+    #[error("staging: {1}")]
+    Staging(i32, String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -41,6 +43,7 @@ impl FsError {
             FsError::Busy(_) => libc::EBUSY,
             FsError::Unsupported(_) => libc::ENOTSUP,
             FsError::BadHandle => libc::EBADF,
+            FsError::Staging(errno, _) => *errno,
             FsError::Store(e) => e.errno(),
         }
     }

@@ -15,5 +15,6 @@ pub mod meta;
 pub mod prefetch;
 pub mod service;
 pub mod sigv2;
+pub mod staging;
 pub mod store;
 pub mod upload;

@@ -144,7 +144,13 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
     s3store.set_log_failures(true);
     let store: Arc<dyn ObjectStore> = s3store;
 
-    let fs = Arc::new(Fs::new(store, cfg));
+    let cache_dir = cfg.cache_dir.clone();
+    let fs = Arc::new(Fs::new(store, cfg).map_err(|e| {
+        StartError(format!(
+            "cannot use the cache directory {}: {e} (set --cache-dir)",
+            cache_dir.display()
+        ))
+    })?);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let adapter = FuseAdapter::new(
         fs.clone(),

@@ -1,14 +1,21 @@
-//! Streaming uploads: bytes written in order become one PUT (small files) or a multipart
-//! upload whose parts go out in parallel while the writer goes on. Nothing is visible in the
-//! bucket until `finish` completes; any failure aborts the multipart upload.
+//! Building new versions of objects. The bytes a handle writes go to its staging file; a
+//! part that the writer has moved past is uploaded right away (so a sequential stream is
+//! uploaded while it is written), and the version is completed at flush/fsync/close:
+//! parts nobody touched are copied server-side from the previous version (UploadPartCopy),
+//! the rest are read back from staging (and the previous version where needed). Nothing is
+//! visible in the bucket until PutObject or CompleteMultipartUpload succeeds; a failure
+//! aborts the multipart upload and keeps the staged bytes, so a later flush can retry.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use crate::budget::{MemoryBudget, Reservation};
-use crate::store::{CompletedPart, ObjectStore, PutOptions, StoreError, StoreResult};
+use crate::budget::MemoryBudget;
+use crate::staging::{StageError, StageFile};
+use crate::store::{CompletedPart, ObjectStore, PutOptions, StoreError};
 
 pub const MIB: u64 = 1024 * 1024;
 /// S3's smallest non-last part.
@@ -16,12 +23,13 @@ pub const MIN_PART_SIZE: u64 = 5 * MIB;
 /// S3's largest part.
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 pub const MAX_PARTS: i32 = 10_000;
+const TIER: i32 = 1000;
 
 /// Size of part `number` (1-based): the base size doubles every 1000 parts, and the last
 /// thousand parts are as large as S3 allows, so 10 000 parts hold more than 5 TiB.
 pub fn part_size(base: u64, number: i32) -> u64 {
     let base = base.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
-    let tier = ((number.max(1) - 1) / 1000) as u32;
+    let tier = ((number.max(1) - 1) / TIER) as u32;
     if tier >= 9 {
         MAX_PART_SIZE
     } else {
@@ -29,235 +37,467 @@ pub fn part_size(base: u64, number: i32) -> u64 {
     }
 }
 
-/// Largest object the part schedule can hold.
-pub fn max_object_size(base: u64) -> u64 {
-    (1..=MAX_PARTS).map(|n| part_size(base, n)).sum()
+/// Byte range of part `number`.
+pub fn part_span(base: u64, number: i32) -> Range<u64> {
+    let n = number.max(1);
+    let tier = (n - 1) / TIER;
+    let mut start = 0u64;
+    for t in 0..tier {
+        start += TIER as u64 * part_size(base, t * TIER + 1);
+    }
+    start += (n - 1 - tier * TIER) as u64 * part_size(base, n);
+    start..start + part_size(base, n)
 }
 
+/// The part that holds byte `offset`.
+pub fn part_at(base: u64, offset: u64) -> i32 {
+    let mut start = 0u64;
+    for t in 0..(MAX_PARTS / TIER) {
+        let size = part_size(base, t * TIER + 1);
+        let span = TIER as u64 * size;
+        if offset < start + span || t == MAX_PARTS / TIER - 1 {
+            return t * TIER + 1 + ((offset - start) / size) as i32;
+        }
+        start += span;
+    }
+    MAX_PARTS
+}
+
+/// Largest object the part schedule can hold.
+pub fn max_object_size(base: u64) -> u64 {
+    part_span(base, MAX_PARTS).end
+}
+
+#[derive(Clone, Debug)]
 pub struct UploadConfig {
     pub part_size: u64,
-    /// Parts of one upload in flight at once.
+    /// Parts of one file in flight at once.
     pub max_inflight: usize,
 }
 
-pub struct Uploader {
+/// The version in the bucket a new one builds on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl VersionError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            VersionError::Store(e) => e.errno(),
+            VersionError::Stage(e) => e.errno(),
+            VersionError::Unsupported(_) => libc::ENOTSUP,
+        }
+    }
+}
+
+type PartResult = (i32, u64, Result<String, StoreError>);
+
+/// Where each byte of a version comes from: staged bytes, else the previous version below
+/// `base_valid`, else zeros.
+pub struct Version {
     store: Arc<dyn ObjectStore>,
     key: String,
     opts: PutOptions,
+    /// Headers the open multipart upload was created with.
+    mpu_opts: PutOptions,
     budget: MemoryBudget,
-    base_part: u64,
-    max_inflight: usize,
-    buf: BytesMut,
-    reserved: u64,
-    reservations: Vec<Reservation>,
-    upload_id: Option<String>,
-    next_part: i32,
-    inflight: JoinSet<StoreResult<CompletedPart>>,
-    parts: Vec<CompletedPart>,
-    len: u64,
+    cfg: UploadConfig,
+    stage: StageFile,
+    base: Option<Base>,
+    base_valid: u64,
+    size: u64,
+    mpu: Option<String>,
+    /// Uploaded parts of the open multipart upload, with the generation they hold.
+    done: BTreeMap<i32, (String, u64)>,
+    /// Generation of each part: bumped by every change to it.
+    gens: BTreeMap<i32, u64>,
+    /// Parts that differ from the previous version.
+    touched: BTreeSet<i32>,
+    /// Parts uploaded and then dropped from staging (only the upload holds their bytes).
+    sealed: BTreeSet<i32>,
+    inflight: JoinSet<PartResult>,
+    inflight_parts: BTreeSet<i32>,
     failed: Option<StoreError>,
+    dirty: bool,
 }
 
-impl Uploader {
+impl Version {
     pub fn new(
         store: Arc<dyn ObjectStore>,
         key: String,
         opts: PutOptions,
+        base: Option<Base>,
+        stage: StageFile,
         budget: MemoryBudget,
-        cfg: &UploadConfig,
+        cfg: UploadConfig,
     ) -> Self {
-        Uploader {
+        let size = base.as_ref().map(|b| b.size).unwrap_or(0);
+        Version {
             store,
             key,
+            mpu_opts: opts.clone(),
             opts,
             budget,
-            base_part: cfg.part_size,
-            max_inflight: cfg.max_inflight.max(1),
-            buf: BytesMut::new(),
-            reserved: 0,
-            reservations: Vec::new(),
-            upload_id: None,
-            next_part: 1,
+            cfg,
+            stage,
+            base_valid: size,
+            base,
+            size,
+            mpu: None,
+            done: BTreeMap::new(),
+            gens: BTreeMap::new(),
+            touched: BTreeSet::new(),
+            sealed: BTreeSet::new(),
             inflight: JoinSet::new(),
-            parts: Vec::new(),
-            len: 0,
+            inflight_parts: BTreeSet::new(),
             failed: None,
+            dirty: false,
         }
     }
 
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.len
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
-    /// Bytes still in memory (not yet handed to a part upload); only these can be cut back.
-    pub fn buffered(&self) -> u64 {
-        self.buf.len() as u64
+    /// The bucket must get a new version at the next commit.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 
-    /// Headers can change until the multipart upload is created.
-    pub fn set_options(&mut self, opts: PutOptions) -> bool {
-        if self.upload_id.is_some() {
-            return false;
-        }
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Headers of the next commit (Content-Type, POSIX metadata).
+    pub fn set_options(&mut self, opts: PutOptions) {
         self.opts = opts;
-        true
     }
 
-    fn check(&self) -> StoreResult<()> {
-        match &self.failed {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
+    fn bump(&mut self, r: Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        let p = self.cfg.part_size;
+        for n in part_at(p, r.start)..=part_at(p, r.end - 1) {
+            *self.gens.entry(n).or_insert(0) += 1;
+            self.touched.insert(n);
         }
     }
 
-    /// Cuts the file back to `new_len`, if those bytes are still buffered.
-    pub fn truncate(&mut self, new_len: u64) -> bool {
-        let flushed = self.len - self.buf.len() as u64;
-        if new_len < flushed || new_len > self.len {
-            return false;
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), VersionError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone().into());
         }
-        self.buf.truncate((new_len - flushed) as usize);
-        self.len = new_len;
-        true
-    }
-
-    /// Makes room in the budget for the buffer to hold `want` bytes, growing in steps so a
-    /// small file does not hold a whole part's worth of budget.
-    async fn grow_reservation(&mut self, want: u64) {
-        while self.reserved < want {
-            let step = self.reserved.max(MIB); // doubling
-            self.reservations.push(self.budget.reserve(step).await);
-            self.reserved += step;
-        }
-    }
-
-    pub async fn write(&mut self, data: &[u8]) -> StoreResult<()> {
-        self.append(data.len() as u64, Some(data)).await
-    }
-
-    pub async fn write_zeros(&mut self, n: u64) -> StoreResult<()> {
-        self.append(n, None).await
-    }
-
-    async fn append(&mut self, mut n: u64, mut data: Option<&[u8]>) -> StoreResult<()> {
-        self.check()?;
-        while n > 0 {
-            let cap = part_size(self.base_part, self.next_part);
-            let room = cap - self.buf.len() as u64;
-            let take = room.min(n);
-            self.grow_reservation(self.buf.len() as u64 + take).await;
-            match data {
-                Some(d) => {
-                    self.buf.extend_from_slice(&d[..take as usize]);
-                    data = Some(&d[take as usize..]);
-                }
-                None => self.buf.resize(self.buf.len() + take as usize, 0),
-            }
-            n -= take;
-            self.len += take;
-            if self.buf.len() as u64 >= cap {
-                if let Err(e) = self.send_part().await {
-                    self.failed = Some(e.clone());
-                    return Err(e);
+        let end = offset + data.len() as u64;
+        if !data.is_empty() {
+            let p = self.cfg.part_size;
+            for n in part_at(p, offset)..=part_at(p, end - 1) {
+                if self.sealed.contains(&n) {
+                    return Err(VersionError::Unsupported(
+                        "rewriting part of a region already uploaded and dropped from staging",
+                    ));
                 }
             }
         }
+        if !self.stage.fits(offset, data.len() as u64) {
+            self.seal_behind(offset).await;
+        }
+        self.stage.write_at(offset, data)?;
+        if end > self.size {
+            self.size = end;
+        }
+        self.bump(offset..end);
+        self.dirty = true;
+        self.upload_passed(offset).await
+    }
+
+    /// Sets the size; bytes past the old end read as zeros.
+    pub fn truncate(&mut self, new: u64) -> Result<(), VersionError> {
+        let p = self.cfg.part_size;
+        if new < self.size {
+            let last = if new == 0 { 0 } else { part_at(p, new - 1) };
+            if last > 0 && self.sealed.contains(&last) {
+                return Err(VersionError::Unsupported(
+                    "cutting inside a region already uploaded and dropped from staging",
+                ));
+            }
+            self.stage.discard(new..self.size);
+            self.base_valid = self.base_valid.min(new);
+            self.bump(new..self.size);
+            // Parts wholly past the end are gone.
+            self.gens.retain(|&n, _| n <= last);
+            self.touched.retain(|&n| n <= last);
+            self.sealed.retain(|&n| n <= last);
+            self.done.retain(|&n, _| n < last);
+        } else if new > self.size {
+            self.bump(self.size..new);
+        }
+        if new != self.size {
+            self.dirty = true;
+        }
+        self.size = new;
         Ok(())
     }
 
-    async fn collect_one(&mut self) -> StoreResult<()> {
+    /// Bytes `r` of this version: staged, previous version, zeros.
+    pub async fn read(&self, r: Range<u64>) -> Result<Bytes, VersionError> {
+        let r = r.start.min(self.size)..r.end.min(self.size);
+        let mut buf = vec![0u8; (r.end - r.start) as usize];
+        for (piece, held) in self.stage.held().split(r.clone()) {
+            let at = (piece.start - r.start) as usize..(piece.end - r.start) as usize;
+            if held {
+                self.stage.read_at(piece, &mut buf[at])?;
+                continue;
+            }
+            let from_base = piece.start..piece.end.min(self.base_valid);
+            if !from_base.is_empty() {
+                let etag = self.base.as_ref().and_then(|b| b.etag.as_deref());
+                let b = self.store.get_range(&self.key, from_base.clone(), etag).await?;
+                if b.len() as u64 != from_base.end - from_base.start {
+                    return Err(StoreError::Other("short read of the previous version".into()).into());
+                }
+                let s = at.start;
+                buf[s..s + b.len()].copy_from_slice(&b);
+            }
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    async fn ensure_mpu(&mut self) -> Result<String, VersionError> {
+        if let Some(id) = &self.mpu {
+            return Ok(id.clone());
+        }
+        let id = self.store.create_multipart(&self.key, &self.opts).await?;
+        self.mpu = Some(id.clone());
+        self.mpu_opts = self.opts.clone();
+        Ok(id)
+    }
+
+    async fn collect_one(&mut self) {
         if let Some(r) = self.inflight.join_next().await {
-            let part = r.map_err(|e| StoreError::Other(format!("upload task failed: {e}")))??;
-            self.parts.push(part);
+            match r {
+                Ok((n, gen, Ok(etag))) => {
+                    self.inflight_parts.remove(&n);
+                    self.done.insert(n, (etag, gen));
+                }
+                Ok((n, _, Err(e))) => {
+                    self.inflight_parts.remove(&n);
+                    self.failed = Some(e);
+                }
+                Err(e) => self.failed = Some(StoreError::Other(format!("upload task: {e}"))),
+            }
         }
-        Ok(())
     }
 
-    async fn send_part(&mut self) -> StoreResult<()> {
-        if self.next_part > MAX_PARTS {
-            return Err(StoreError::Rejected(
-                "file exceeds S3's 10 000 parts".into(),
-            ));
+    async fn spawn_part(&mut self, id: &str, n: i32) -> Result<(), VersionError> {
+        while self.inflight.len() >= self.cfg.max_inflight.max(1) {
+            self.collect_one().await;
         }
-        let id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let id = self.store.create_multipart(&self.key, &self.opts).await?;
-                self.upload_id = Some(id.clone());
-                id
-            }
-        };
-        while self.inflight.len() >= self.max_inflight {
-            self.collect_one().await?;
-        }
-        let body = std::mem::take(&mut self.buf).freeze();
-        let reservations = std::mem::take(&mut self.reservations);
-        self.reserved = 0;
-        let number = self.next_part;
-        self.next_part += 1;
-        let store = self.store.clone();
-        let key = self.key.clone();
+        let span = part_span(self.cfg.part_size, n);
+        let span = span.start..span.end.min(self.size);
+        let mem = self.budget.reserve(span.end - span.start).await;
+        let body = self.read(span).await?;
+        let gen = self.gens.get(&n).copied().unwrap_or(0);
+        let (store, key, id) = (self.store.clone(), self.key.clone(), id.to_string());
+        self.inflight_parts.insert(n);
         self.inflight.spawn(async move {
-            let etag = store.upload_part(&key, &id, number, body).await?;
-            drop(reservations); // the part's memory returns to the budget once it is sent
-            Ok(CompletedPart { number, etag })
+            let r = store.upload_part(&key, &id, n, body).await;
+            drop(mem); // the body's memory returns to the budget once sent
+            (n, gen, r)
         });
         Ok(())
     }
 
-    /// Makes the object visible: one PUT, or the last part and CompleteMultipartUpload.
-    /// Returns the new ETag.
-    pub async fn finish(mut self) -> StoreResult<Option<String>> {
-        let r = self.finish_inner().await;
-        if r.is_err() {
-            self.abort_upload().await;
-        }
-        r
+    fn part_current(&self, n: i32) -> bool {
+        let gen = self.gens.get(&n).copied().unwrap_or(0);
+        self.done.get(&n).is_some_and(|(_, g)| *g == gen)
     }
 
-    async fn finish_inner(&mut self) -> StoreResult<Option<String>> {
-        self.check()?;
-        let Some(id) = self.upload_id.clone() else {
-            let body = std::mem::take(&mut self.buf).freeze();
-            return self.store.put(&self.key, body, &self.opts).await;
-        };
-        if !self.buf.is_empty() {
-            self.send_part().await?;
+    /// A sequential writer has moved past whole parts: upload them now.
+    async fn upload_passed(&mut self, offset: u64) -> Result<(), VersionError> {
+        let p = self.cfg.part_size;
+        if self.size <= part_span(p, 1).end {
+            return Ok(());
         }
+        let current = part_at(p, offset);
+        let ready: Vec<i32> = self
+            .touched
+            .iter()
+            .copied()
+            .filter(|&n| {
+                n < current
+                    && part_span(p, n).end <= self.size
+                    && !self.inflight_parts.contains(&n)
+                    && !self.part_current(n)
+            })
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let id = self.ensure_mpu().await?;
+        for n in ready {
+            self.spawn_part(&id, n).await?;
+        }
+        Ok(())
+    }
+
+    /// Staging is full: drop the staged bytes of parts already uploaded behind `offset`.
+    async fn seal_behind(&mut self, offset: u64) {
         while !self.inflight.is_empty() {
-            self.collect_one().await?;
+            self.collect_one().await;
         }
-        let mut parts = std::mem::take(&mut self.parts);
-        parts.sort_by_key(|p| p.number);
-        let etag = self.store.complete_multipart(&self.key, &id, parts).await?;
-        self.upload_id = None;
-        Ok(etag)
+        let p = self.cfg.part_size;
+        let current = part_at(p, offset);
+        let sealable: Vec<i32> = self
+            .done
+            .keys()
+            .copied()
+            .filter(|&n| n < current && self.part_current(n) && !self.sealed.contains(&n))
+            .collect();
+        for n in sealable {
+            self.stage.discard(part_span(p, n));
+            self.sealed.insert(n);
+        }
     }
 
-    async fn abort_upload(&mut self) {
+    async fn abort_mpu(&mut self) {
         self.inflight.abort_all();
         while self.inflight.join_next().await.is_some() {}
-        if let Some(id) = self.upload_id.take() {
+        self.inflight_parts.clear();
+        self.done.clear();
+        if let Some(id) = self.mpu.take() {
             if let Err(e) = self.store.abort_multipart(&self.key, &id).await {
                 tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
             }
         }
     }
 
-    /// Drops everything written; the bucket is left as it was.
-    pub async fn abort(mut self) {
-        self.abort_upload().await;
+    /// Makes the bucket hold exactly this version; returns its ETag.
+    pub async fn commit(&mut self) -> Result<Base, VersionError> {
+        let r = self.commit_inner().await;
+        if r.is_err() {
+            self.abort_mpu().await;
+            if !self.sealed.is_empty() {
+                // Bytes only the aborted upload held are gone: this version cannot be retried.
+                self.failed = Some(StoreError::Other("upload failed after staging was full".into()));
+            } else {
+                self.failed = None;
+            }
+        }
+        r
+    }
+
+    async fn commit_inner(&mut self) -> Result<Base, VersionError> {
+        while !self.inflight.is_empty() {
+            self.collect_one().await;
+        }
+        if let Some(e) = self.failed.take() {
+            return Err(e.into());
+        }
+        let p = self.cfg.part_size;
+        let etag = if self.size <= part_span(p, 1).end && self.sealed.is_empty() {
+            if self.mpu.is_some() {
+                self.abort_mpu().await;
+            }
+            let _mem = self.budget.reserve(self.size).await;
+            let body = self.read(0..self.size).await?;
+            self.store.put(&self.key, body, &self.opts).await?
+        } else {
+            if self.mpu.is_some() && self.mpu_opts != self.opts {
+                // Headers changed since the upload began (chmod while open): start over.
+                if !self.sealed.is_empty() {
+                    return Err(VersionError::Unsupported(
+                        "changing headers of a file larger than the staging space while it is written",
+                    ));
+                }
+                self.abort_mpu().await;
+            }
+            let id = self.ensure_mpu().await?;
+            let last = part_at(p, self.size - 1);
+            for n in 1..=last {
+                if self.part_current(n) || self.inflight_parts.contains(&n) {
+                    continue;
+                }
+                let span = part_span(p, n);
+                let span = span.start..span.end.min(self.size);
+                let copyable = !self.touched.contains(&n)
+                    && span.end <= self.base_valid
+                    && self.base.is_some();
+                if copyable {
+                    let etag = self.base.as_ref().and_then(|b| b.etag.clone());
+                    let e = self
+                        .store
+                        .upload_part_copy(&self.key, &id, n, &self.key, span, etag.as_deref())
+                        .await?;
+                    let gen = self.gens.get(&n).copied().unwrap_or(0);
+                    self.done.insert(n, (e, gen));
+                } else {
+                    if self.sealed.contains(&n) {
+                        return Err(StoreError::Other("a dropped part must be re-sent".into()).into());
+                    }
+                    self.spawn_part(&id, n).await?;
+                }
+                if let Some(e) = self.failed.take() {
+                    return Err(e.into());
+                }
+            }
+            while !self.inflight.is_empty() {
+                self.collect_one().await;
+            }
+            if let Some(e) = self.failed.take() {
+                return Err(e.into());
+            }
+            let parts: Vec<CompletedPart> = (1..=last)
+                .map(|n| {
+                    self.done
+                        .get(&n)
+                        .map(|(etag, _)| CompletedPart { number: n, etag: etag.clone() })
+                        .ok_or_else(|| StoreError::Other(format!("part {n} missing")))
+                })
+                .collect::<Result<_, _>>()?;
+            let etag = self.store.complete_multipart(&self.key, &id, parts).await?;
+            self.mpu = None;
+            etag
+        };
+        let base = Base { size: self.size, etag };
+        // The staged bytes are now a copy of the new version.
+        self.base = Some(base.clone());
+        self.base_valid = self.size;
+        self.done.clear();
+        self.gens.clear();
+        self.touched.clear();
+        self.sealed.clear();
+        self.dirty = false;
+        Ok(base)
+    }
+
+    /// Drops the version being built; the bucket keeps the previous one.
+    pub async fn abort(&mut self) {
+        self.abort_mpu().await;
+        self.dirty = false;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::staging::StagingArea;
     use crate::store::mem::MemStore;
 
     #[test]
@@ -266,67 +506,97 @@ mod tests {
         assert_eq!(part_size(8 * MIB, 1001), 16 * MIB);
         assert_eq!(part_size(MIB, 1), MIN_PART_SIZE);
         for base in [5 * MIB, 8 * MIB, 64 * MIB] {
-            assert!(
-                max_object_size(base) >= 5 * 1024 * 1024 * MIB,
-                "base {base}"
-            );
+            assert!(max_object_size(base) >= 5 * 1024 * 1024 * MIB, "base {base}");
+            for n in [1, 2, 999, 1000, 1001, 5000, 9001, 10_000] {
+                let s = part_span(base, n);
+                assert_eq!(part_at(base, s.start), n);
+                assert_eq!(part_at(base, s.end - 1), n);
+                assert_eq!(s.end - s.start, part_size(base, n));
+            }
         }
-        assert!((1..=MAX_PARTS).all(|n| part_size(5 * MIB, n) <= MAX_PART_SIZE));
+        assert_eq!(part_span(8 * MIB, 2).start, 8 * MIB);
+    }
+
+    fn setup() -> (Arc<MemStore>, StagingArea, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let area = StagingArea::new(dir.path(), 1 << 30).expect("area");
+        (Arc::new(MemStore::new()), area, dir)
+    }
+
+    fn cfg() -> UploadConfig {
+        UploadConfig { part_size: 5 * MIB, max_inflight: 2 }
     }
 
     #[tokio::test]
-    async fn small_is_one_put_large_is_multipart() {
-        let store = Arc::new(MemStore::new());
-        let cfg = UploadConfig {
-            part_size: 5 * MIB,
-            max_inflight: 2,
-        };
+    async fn small_is_one_put_large_is_multipart_and_random_writes_work() {
+        let (store, area, _d) = setup();
         let budget = MemoryBudget::new(64 * MIB);
-        let mut u = Uploader::new(
-            store.clone(),
-            "s".into(),
-            PutOptions::default(),
-            budget.clone(),
-            &cfg,
-        );
-        u.write(b"hello").await.unwrap();
-        u.finish().await.unwrap();
+        let mut v = Version::new(store.clone(), "s".into(), PutOptions::default(), None, area.open().unwrap(), budget.clone(), cfg());
+        v.write(0, b"hello").await.unwrap();
+        v.commit().await.unwrap();
         assert_eq!(&store.snapshot()["s"][..], b"hello");
 
-        let data: Vec<u8> = (0..(12 * MIB + 7)).map(|i| (i % 251) as u8).collect();
-        let mut u = Uploader::new(
-            store.clone(),
-            "l".into(),
-            PutOptions::default(),
-            budget.clone(),
-            &cfg,
-        );
-        for c in data.chunks(128 * 1024) {
-            u.write(c).await.unwrap();
+        let mut data: Vec<u8> = (0..(12 * MIB + 7)).map(|i| (i % 251) as u8).collect();
+        let mut v = Version::new(store.clone(), "l".into(), PutOptions::default(), None, area.open().unwrap(), budget.clone(), cfg());
+        for (i, c) in data.chunks(128 * 1024).enumerate() {
+            v.write((i * 128 * 1024) as u64, c).await.unwrap();
         }
-        u.finish().await.unwrap();
+        // A write behind the stream, into a part already sent.
+        v.write(100, b"XYZ").await.unwrap();
+        data[100..103].copy_from_slice(b"XYZ");
+        v.commit().await.unwrap();
         assert_eq!(&store.snapshot()["l"][..], &data[..]);
         assert_eq!(store.open_uploads(), 0);
         assert_eq!(budget.used_bytes(), 0);
     }
 
     #[tokio::test]
-    async fn abort_leaves_nothing() {
+    async fn untouched_parts_are_copied_and_truncate_zero_fills() {
+        let (store, area, _d) = setup();
+        let old: Vec<u8> = (0..(11 * MIB)).map(|i| (i % 13) as u8).collect();
+        store.insert("f", &old);
+        let etag = store.head_sync("f");
+        let base = Base { size: old.len() as u64, etag };
+        let mut v = Version::new(store.clone(), "f".into(), PutOptions::default(), Some(base), area.open().unwrap(), MemoryBudget::new(64 * MIB), cfg());
+        v.write(6 * MIB as u64, b"mid").await.unwrap();
+        v.truncate(12 * MIB as u64).unwrap();
+        v.commit().await.unwrap();
+        let mut want = old.clone();
+        want[6 * MIB as usize..6 * MIB as usize + 3].copy_from_slice(b"mid");
+        want.resize(12 * MIB as usize, 0);
+        assert_eq!(&store.snapshot()["f"][..], &want[..]);
+        // Shrink then grow: the cut bytes come back as zeros.
+        v.truncate(3).unwrap();
+        v.truncate(10).unwrap();
+        v.commit().await.unwrap();
+        assert_eq!(&store.snapshot()["f"][..], &[0, 1, 2, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_changed_base_fails_instead_of_mixing() {
+        let (store, area, _d) = setup();
+        store.insert("f", &[1u8; 100]);
+        let base = Base { size: 100, etag: store.head_sync("f") };
+        let mut v = Version::new(store.clone(), "f".into(), PutOptions::default(), Some(base), area.open().unwrap(), MemoryBudget::new(64 * MIB), cfg());
+        v.write(10, b"x").await.unwrap();
+        store.insert("f", &[2u8; 100]);
+        assert!(v.commit().await.is_err());
+        assert_eq!(&store.snapshot()["f"][..], &[2u8; 100][..]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_larger_than_staging_still_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = StagingArea::new(dir.path(), 12 * MIB).unwrap();
         let store = Arc::new(MemStore::new());
-        let cfg = UploadConfig {
-            part_size: 5 * MIB,
-            max_inflight: 2,
-        };
-        let mut u = Uploader::new(
-            store.clone(),
-            "x".into(),
-            PutOptions::default(),
-            MemoryBudget::new(64 * MIB),
-            &cfg,
-        );
-        u.write_zeros(11 * MIB).await.unwrap();
-        u.abort().await;
-        assert!(store.snapshot().is_empty());
-        assert_eq!(store.open_uploads(), 0);
+        let mut v = Version::new(store.clone(), "big".into(), PutOptions::default(), None, area.open().unwrap(), MemoryBudget::new(64 * MIB), cfg());
+        let chunk = vec![7u8; 1 << 20];
+        for i in 0..30u64 {
+            v.write(i << 20, &chunk).await.unwrap();
+        }
+        assert!(area.used() <= 12 * MIB);
+        v.commit().await.unwrap();
+        assert_eq!(store.snapshot()["big"].len(), 30 << 20);
+        assert!(store.snapshot()["big"].iter().all(|&b| b == 7));
     }
 }

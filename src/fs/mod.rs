@@ -20,9 +20,9 @@ use crate::keys::{self, Child, NameError};
 use crate::meta::{self, FileMeta, PosixMeta};
 use crate::prefetch::{ReadConfig, Reader};
 use crate::store::{ObjectStore, PutOptions, StoreError};
-use crate::upload::{part_size, UploadConfig};
+use crate::staging::StagingArea;
+use crate::upload::{part_size, UploadConfig, Version};
 use inode::{Inodes, Kind, Node, ROOT};
-use write::WriteState;
 
 pub use inode::Kind as FileKind;
 
@@ -45,6 +45,10 @@ pub struct FsConfig {
     pub max_inflight_parts: usize,
     pub max_memory: u64,
     pub read: ReadConfig,
+    /// Where files open for writing are staged (anonymous files, gone when closed).
+    pub cache_dir: std::path::PathBuf,
+    /// Bound on staged bytes of all open files together.
+    pub max_cache_size: u64,
 }
 
 impl Default for FsConfig {
@@ -61,6 +65,8 @@ impl Default for FsConfig {
             max_inflight_parts: 4,
             max_memory: 512 * 1024 * 1024,
             read: ReadConfig::default(),
+            cache_dir: std::env::temp_dir().join("bucketfs-cache"),
+            max_cache_size: 4 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -114,7 +120,7 @@ impl OpenFlags {
 pub(crate) struct FileHandle {
     ino: u64,
     reader: Option<Reader>,
-    writer: Option<WriteState>,
+    writer: Option<Version>,
 }
 
 enum Handle {
@@ -137,6 +143,7 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     budget: MemoryBudget,
+    staging: StagingArea,
     warned: Mutex<HashSet<String>>,
     started: SystemTime,
 }
@@ -153,8 +160,11 @@ fn not_found_or(e: StoreError) -> FsError {
 }
 
 impl Fs {
-    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> Self {
-        Fs {
+    /// Fails only if the staging directory cannot be made.
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> std::io::Result<Self> {
+        let staging = StagingArea::new(&cfg.cache_dir, cfg.max_cache_size)?;
+        Ok(Fs {
+            staging,
             inodes: Mutex::new(Inodes::new(cfg.prefix.clone())),
             cache: MetaCache::new(cfg.ttl, cfg.miss_ttl),
             budget: MemoryBudget::new(cfg.max_memory),
@@ -164,7 +174,7 @@ impl Fs {
             started: SystemTime::now(),
             store,
             cfg,
-        }
+        })
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -595,7 +605,7 @@ impl Fs {
                     part_size(self.cfg.part_size.max(512 * 1024 * 1024), number).min(size - off);
                 let etag = self
                     .store
-                    .upload_part_copy(dst, &id, number, src, off..off + len)
+                    .upload_part_copy(dst, &id, number, src, off..off + len, None)
                     .await?;
                 parts.push(crate::store::CompletedPart { number, etag });
                 off += len;
@@ -916,9 +926,8 @@ impl Fs {
         };
         let mut f = f.lock().await;
         let ino = f.ino;
-        if f.writer.as_ref().is_some_and(WriteState::is_dirty) {
-            // Reads see the writes before them: make the bucket hold them first.
-            self.flush_handle(&mut f).await?;
+        if f.writer.is_some() {
+            return Self::read_version(&f, offset, size).await;
         }
         let etag = self
             .inodes
@@ -943,7 +952,7 @@ impl Fs {
         for h in hs {
             if let Handle::File(f) = &*h {
                 let mut f = f.lock().await;
-                if f.writer.as_ref().is_some_and(WriteState::is_dirty) {
+                if f.writer.as_ref().is_some_and(Version::is_dirty) {
                     if let Err(e) = self.flush_handle(&mut f).await {
                         let path = self.inodes.lock().path(f.ino);
                         failed.push(Unsaved { path, error: e });

@@ -148,6 +148,7 @@ fn new_fs(store: &Arc<MemStore>) -> Fs {
             ..FsConfig::default()
         },
     )
+    .expect("fs")
 }
 
 impl Harness {

@@ -1,13 +1,10 @@
 //! Filesystem logic over the in-memory store: no kernel, no network.
 
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_trait::async_trait;
 
 use super::*;
 use crate::store::mem::MemStore;
-use crate::store::{CompletedPart, ListPage, ObjectInfo, StoreResult};
+use crate::store::fault::{FaultStore, Op};
 
 const MIB: usize = 1024 * 1024;
 
@@ -15,12 +12,15 @@ fn setup() -> (Arc<MemStore>, Fs) {
     let mut m = MemStore::new();
     m.page_size = 3; // every listing crosses pages
     let store = Arc::new(m);
-    let cfg = FsConfig {
+    (store.clone(), Fs::new(store, cfg()).unwrap())
+}
+
+fn cfg() -> FsConfig {
+    FsConfig {
         part_size: 5 * MIB as u64,
         ttl: Duration::from_secs(60),
         ..FsConfig::default()
-    };
-    (store.clone(), Fs::new(store, cfg))
+    }
 }
 
 async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> FsResult<u64> {
@@ -292,112 +292,79 @@ async fn unlinked_while_open_is_not_resurrected() {
     assert!(store.snapshot().is_empty());
 }
 
-/// Fails every upload while `fail` is set.
-struct Flaky {
-    inner: MemStore,
-    fail: AtomicBool,
-}
-
-impl Flaky {
-    fn check(&self) -> StoreResult<()> {
-        if self.fail.load(Ordering::SeqCst) {
-            Err(StoreError::Unreachable("injected".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Flaky {
-    async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.inner.head(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        delimiter: Option<&str>,
-        token: Option<String>,
-        max_keys: Option<i32>,
-    ) -> StoreResult<ListPage> {
-        self.inner.list(prefix, delimiter, token, max_keys).await
-    }
-    async fn get_range(&self, key: &str, r: Range<u64>, m: Option<&str>) -> StoreResult<Bytes> {
-        self.inner.get_range(key, r, m).await
-    }
-    async fn put(&self, key: &str, body: Bytes, o: &PutOptions) -> StoreResult<Option<String>> {
-        self.check()?;
-        self.inner.put(key, body, o).await
-    }
-    async fn create_multipart(&self, key: &str, o: &PutOptions) -> StoreResult<String> {
-        self.inner.create_multipart(key, o).await
-    }
-    async fn upload_part(&self, key: &str, id: &str, n: i32, body: Bytes) -> StoreResult<String> {
-        self.check()?;
-        self.inner.upload_part(key, id, n, body).await
-    }
-    async fn upload_part_copy(
-        &self,
-        key: &str,
-        id: &str,
-        n: i32,
-        src: &str,
-        r: Range<u64>,
-    ) -> StoreResult<String> {
-        self.check()?;
-        self.inner.upload_part_copy(key, id, n, src, r).await
-    }
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        id: &str,
-        parts: Vec<CompletedPart>,
-    ) -> StoreResult<Option<String>> {
-        self.check()?;
-        self.inner.complete_multipart(key, id, parts).await
-    }
-    async fn abort_multipart(&self, key: &str, id: &str) -> StoreResult<()> {
-        self.inner.abort_multipart(key, id).await
-    }
-    async fn copy(&self, s: &str, d: &str, o: Option<&PutOptions>) -> StoreResult<()> {
-        self.check()?;
-        self.inner.copy(s, d, o).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
-    }
+#[tokio::test]
+async fn a_failed_upload_is_an_error_and_the_old_version_stays() {
+    let mem = Arc::new(MemStore::new());
+    mem.insert("victim", b"previous");
+    let faults = Arc::new(FaultStore::new(mem.clone()));
+    let fs = Fs::new(faults.clone(), cfg()).unwrap();
+    let v = fs.lookup(ROOT, b"victim").await.unwrap();
+    let fh = fs.open(v.ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+    fs.write(fh, 0, &vec![7u8; 6 * MIB]).await.unwrap();
+    faults.fail(Some(Op::UploadPart), FaultStore::slow_down());
+    faults.fail(Some(Op::Put), FaultStore::slow_down());
+    let mut failed = fs.write(fh, 6 * MIB as u64, &vec![7u8; 6 * MIB]).await.is_err();
+    failed |= fs.flush(fh).await.is_err();
+    assert!(failed, "the writer must see the failure");
+    assert!(fs.release(fh).await.is_err());
+    assert_eq!(&mem.snapshot()["victim"][..], b"previous");
+    assert_eq!(mem.open_uploads(), 0, "the multipart upload is aborted");
+    assert_eq!(fs.getattr(v.ino).await.unwrap().size, 8, "stat agrees with the bucket");
 }
 
 #[tokio::test]
-async fn a_failed_upload_is_an_error_and_the_old_version_stays() {
-    let flaky = Arc::new(Flaky {
-        inner: MemStore::new(),
-        fail: AtomicBool::new(false),
-    });
-    flaky.inner.insert("victim", b"previous");
-    let fs = Fs::new(
-        flaky.clone(),
-        FsConfig {
-            part_size: 5 * MIB as u64,
-            ..FsConfig::default()
-        },
-    );
-    let v = fs.lookup(ROOT, b"victim").await.unwrap();
-    let fh = fs
-        .open(v.ino, libc::O_WRONLY | libc::O_TRUNC)
-        .await
-        .unwrap();
-    fs.write(fh, 0, &vec![7u8; 6 * MIB]).await.unwrap();
-    flaky.fail.store(true, Ordering::SeqCst);
-    let mut failed = fs
-        .write(fh, 6 * MIB as u64, &vec![7u8; 6 * MIB])
-        .await
-        .is_err();
-    failed |= fs.flush(fh).await.is_err();
-    assert!(failed, "the writer must see the failure");
-    fs.release(fh).await.ok();
-    assert_eq!(&flaky.inner.snapshot()["victim"][..], b"previous");
-    assert_eq!(flaky.inner.open_uploads(), 0);
-    let a = fs.getattr(v.ino).await.unwrap();
-    assert_eq!(a.size, 8, "stat agrees with the bucket");
+async fn a_transient_failure_at_close_can_be_retried_by_fsync() {
+    let mem = Arc::new(MemStore::new());
+    let faults = Arc::new(FaultStore::new(mem.clone()));
+    let fs = Fs::new(faults.clone(), cfg()).unwrap();
+    let (_, fh) = fs.create(ROOT, b"f.txt", 0o644, libc::O_WRONLY, 0, 0).await.unwrap();
+    fs.write(fh, 0, b"data").await.unwrap();
+    faults.fail_times(Some(Op::Put), FaultStore::slow_down(), 1);
+    assert_eq!(fs.fsync(fh).await.unwrap_err().errno(), libc::EIO);
+    assert!(mem.snapshot().is_empty());
+    fs.fsync(fh).await.unwrap(); // the staged bytes were kept
+    assert_eq!(&mem.snapshot()["f.txt"][..], b"data");
+    fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn random_writes_into_a_large_new_file_and_reads_through_the_handle() {
+    let (store, fs) = setup();
+    let (a, fh) = fs.create(ROOT, b"r.bin", 0o644, libc::O_RDWR, 0, 0).await.unwrap();
+    let mut want = vec![0u8; 14 * MIB];
+    for (i, c) in want.chunks_mut(MIB).enumerate() {
+        c.fill(i as u8);
+    }
+    for (i, c) in want.chunks(MIB).enumerate() {
+        fs.write(fh, (i * MIB) as u64, c).await.unwrap();
+    }
+    // Back into the first part (already uploaded while the stream went on), and a header.
+    fs.write(fh, 10, b"HEADER").await.unwrap();
+    want[10..16].copy_from_slice(b"HEADER");
+    assert_eq!(&fs.read(fh, 8, 10).await.unwrap()[..], &want[8..18]);
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(&store.snapshot()["r.bin"][..], &want[..]);
+    assert_eq!(read_all(&fs, a.ino).await, want);
+    assert_eq!(store.open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn overwrite_in_place_copies_untouched_parts_server_side() {
+    let mem = Arc::new(MemStore::new());
+    let old: Vec<u8> = (0..(16 * MIB)).map(|i| (i % 7) as u8).collect();
+    mem.insert("big", &old);
+    let faults = Arc::new(FaultStore::new(mem.clone()));
+    let fs = Fs::new(faults.clone(), cfg()).unwrap();
+    let a = fs.lookup(ROOT, b"big").await.unwrap();
+    let fh = fs.open(a.ino, libc::O_WRONLY).await.unwrap();
+    fs.write(fh, 12 * MIB as u64, b"patch").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let mut want = old.clone();
+    want[12 * MIB..12 * MIB + 5].copy_from_slice(b"patch");
+    assert_eq!(&mem.snapshot()["big"][..], &want[..]);
+    let calls = faults.calls();
+    assert!(calls.contains(&Op::UploadPartCopy), "untouched parts copied: {calls:?}");
+    assert_eq!(calls.iter().filter(|o| **o == Op::UploadPart).count(), 1, "{calls:?}");
 }

@@ -1,6 +1,5 @@
-//! Open files that write. Bytes stream into an [`Uploader`] in order; what the bucket
-//! already holds (the "base") is streamed around the new bytes, so appends, writes that
-//! start inside the file, and truncates all end as one whole new version at close/fsync.
+//! Open files that write: each holds a [`Version`] being built (staged locally, parts
+//! uploaded as the writer moves on) that becomes the object at flush, fsync or close.
 
 use std::time::SystemTime;
 
@@ -10,121 +9,62 @@ use crate::cache::Lookup;
 use crate::error::{FsError, FsResult};
 use crate::keys;
 use crate::meta::{FileMeta, PosixMeta};
-use crate::store::StoreError;
-use crate::upload::Uploader;
+use crate::upload::{Base, Version, VersionError};
 
-/// The version in the bucket that a write handle builds on.
-#[derive(Clone, Debug)]
-struct Base {
-    size: u64,
-    etag: Option<String>,
-}
-
-pub(crate) struct WriteState {
-    key: String,
-    base: Option<Base>,
-    up: Option<Uploader>,
-    /// Next offset the stream expects.
-    pos: u64,
-    /// Base bytes `[pos, tail_end)` still to be streamed after the written ones.
-    tail_end: u64,
-    /// The bucket must get a new version at the next flush.
-    dirty: bool,
-}
-
-/// Base bytes are streamed in pieces of this size.
-const COPY_CHUNK: u64 = 8 * 1024 * 1024;
-
-impl WriteState {
-    pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty || self.up.is_some()
-    }
-
-    /// Logical size of the file as this handle sees it.
-    fn size(&self) -> u64 {
-        match &self.up {
-            Some(_) => self.pos.max(self.tail_end),
-            None => self.base.as_ref().map(|b| b.size).unwrap_or(0),
+impl From<VersionError> for FsError {
+    fn from(e: VersionError) -> Self {
+        match e {
+            VersionError::Store(s) => FsError::Store(s),
+            VersionError::Stage(s) => FsError::Staging(s.errno(), s.to_string()),
+            VersionError::Unsupported(m) => FsError::Unsupported(m),
         }
     }
 }
 
 impl Fs {
-    fn new_uploader(&self, ino: u64, key: &str) -> FsResult<Uploader> {
-        let opts = {
+    fn new_version(&self, ino: u64, base: Option<Base>) -> FsResult<Version> {
+        let (key, opts) = {
             let t = self.inodes.lock();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
-            self.put_options(n, None)
+            (n.key.clone(), self.put_options(n, None))
         };
-        Ok(Uploader::new(
+        let stage = self
+            .staging
+            .open()
+            .map_err(|e| FsError::Staging(e.errno(), e.to_string()))?;
+        Ok(Version::new(
             self.store.clone(),
-            key.to_string(),
+            key,
             opts,
+            base,
+            stage,
             self.budget.clone(),
-            &self.upload_config(),
+            self.upload_config(),
         ))
     }
 
-    /// Streams base bytes `range` into the upload, pinned to the base's ETag.
-    async fn copy_base(&self, w: &mut WriteState, start: u64, end: u64) -> FsResult<()> {
-        let etag = w.base.as_ref().and_then(|b| b.etag.clone());
-        let up = w.up.as_mut().ok_or(FsError::BadHandle)?;
-        let mut off = start;
-        while off < end {
-            let stop = (off + COPY_CHUNK).min(end);
-            let data = self
-                .store
-                .get_range(&w.key, off..stop, etag.as_deref())
-                .await?;
-            if data.len() as u64 != stop - off {
-                return Err(
-                    StoreError::Other("short read of the file's current version".into()).into(),
-                );
-            }
-            up.write(&data).await?;
-            off = stop;
-        }
-        Ok(())
-    }
-
-    /// Starts the stream of a new version, with the base bytes before `offset`.
-    async fn start_stream(&self, ino: u64, w: &mut WriteState, offset: u64) -> FsResult<()> {
-        w.up = Some(self.new_uploader(ino, &w.key)?);
-        let base = w.base.as_ref().map(|b| b.size).unwrap_or(0);
-        self.copy_base(w, 0, offset.min(base)).await?;
-        if offset > base {
-            if let Some(up) = w.up.as_mut() {
-                up.write_zeros(offset - base).await?;
-            }
-        }
-        w.pos = offset;
-        w.tail_end = base.max(offset);
-        if w.tail_end == offset {
-            w.tail_end = 0;
-        }
-        Ok(())
-    }
-
-    /// Moves the stream forward to `offset`: base bytes where the file had them, zeros past.
-    async fn advance(&self, w: &mut WriteState, offset: u64) -> FsResult<()> {
-        if w.pos < w.tail_end {
-            let stop = offset.min(w.tail_end);
-            self.copy_base(w, w.pos, stop).await?;
-            w.pos = stop;
-        }
-        if offset > w.pos {
-            if let Some(up) = w.up.as_mut() {
-                up.write_zeros(offset - w.pos).await?;
-            }
-            w.pos = offset;
-        }
-        Ok(())
+    fn base_of(&self, ino: u64) -> Option<Base> {
+        let t = self.inodes.lock();
+        let m = t.get(ino)?.meta.as_ref()?;
+        m.etag.as_ref()?;
+        Some(Base {
+            size: m.size,
+            etag: m.etag.clone(),
+        })
     }
 
     fn set_pending(&self, ino: u64, size: Option<u64>) {
         if let Some(n) = self.inodes.lock().get_mut(ino) {
             n.pending_size = size;
         }
+    }
+
+    fn file_handle(&self, ino: u64, writer: Option<Version>) -> u64 {
+        self.add_handle(Handle::File(Box::new(tokio::sync::Mutex::new(FileHandle {
+            ino,
+            reader: None,
+            writer,
+        }))))
     }
 
     pub async fn create(
@@ -138,13 +78,10 @@ impl Fs {
     ) -> FsResult<(super::Attr, u64)> {
         let name = keys::check_name(name).map_err(super::name_error)?;
         let dir = self.dir_node(parent)?;
-        let flags_p = OpenFlags::from_libc(flags);
+        let exclusive = OpenFlags::from_libc(flags).exclusive;
         // The kernel calls create when its dentry is negative; the bucket may know better.
         match self.lookup(parent, name.as_bytes()).await {
-            Ok(a) if flags_p.exclusive => {
-                let _ = a;
-                return Err(FsError::Exists);
-            }
+            Ok(_) if exclusive => return Err(FsError::Exists),
             Ok(a) if a.kind == Kind::Dir => return Err(FsError::IsDir),
             Ok(a) => {
                 let fh = self.open(a.ino, flags).await?;
@@ -182,63 +119,45 @@ impl Fs {
         };
         self.cache.forget(&key);
         self.cache.dir_changed(&dir);
-        let w = WriteState {
-            key,
-            base: None,
-            up: None,
-            pos: 0,
-            tail_end: 0,
-            dirty: true, // even with no write, close leaves an empty object
+        let mut v = match self.new_version(ino, None) {
+            Ok(v) => v,
+            Err(e) => {
+                self.drop_writer(ino);
+                return Err(e);
+            }
         };
-        let fh = self.add_handle(Handle::File(Box::new(tokio::sync::Mutex::new(
-            FileHandle {
-                ino,
-                reader: None,
-                writer: Some(w),
-            },
-        ))));
+        v.mark_dirty(); // even with no write, close leaves an empty object
+        let fh = self.file_handle(ino, Some(v));
         Ok((self.node_attr(ino)?, fh))
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let f = OpenFlags::from_libc(flags);
-        let writer = {
-            let mut t = self.inodes.lock();
-            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        {
+            let t = self.inodes.lock();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
             if n.kind == Kind::Dir {
                 return Err(FsError::IsDir);
             }
-            if f.write {
-                n.writers += 1;
-                let m = n.meta.as_ref();
-                let base = m.filter(|m| m.etag.is_some()).map(|m| Base {
-                    size: m.size,
-                    etag: m.etag.clone(),
-                });
-                if f.truncate {
-                    n.pending_size = Some(0);
-                }
-                Some(WriteState {
-                    key: n.key.clone(),
-                    base: if f.truncate { None } else { base },
-                    up: None,
-                    pos: 0,
-                    tail_end: 0,
-                    dirty: f.truncate || m.is_some_and(|m| m.etag.is_none()),
-                })
-            } else {
-                None
+        }
+        if !f.write {
+            return Ok(self.file_handle(ino, None));
+        }
+        let base = self.base_of(ino);
+        let created_here = base.is_none();
+        let mut v = self.new_version(ino, if f.truncate { None } else { base })?;
+        if f.truncate || created_here {
+            v.mark_dirty();
+        }
+        {
+            let mut t = self.inodes.lock();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            n.writers += 1;
+            if f.truncate {
+                n.pending_size = Some(0);
             }
-        };
-        Ok(
-            self.add_handle(Handle::File(Box::new(tokio::sync::Mutex::new(
-                FileHandle {
-                    ino,
-                    reader: None,
-                    writer,
-                },
-            )))),
-        )
+        }
+        Ok(self.file_handle(ino, Some(v)))
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -248,75 +167,17 @@ impl Fs {
         };
         let mut f = f.lock().await;
         let ino = f.ino;
-        let w = f.writer.as_mut().ok_or(FsError::BadHandle)?;
-        let r = self.write_locked(ino, w, offset, data).await;
-        if r.is_err() {
-            // The version being built is lost; the bucket keeps the old one.
-            if let Some(up) = w.up.take() {
-                up.abort().await;
-            }
-            w.dirty = false;
-            self.set_pending(ino, None);
-        }
-        r.map(|_| data.len() as u32)
-    }
-
-    async fn write_locked(
-        &self,
-        ino: u64,
-        w: &mut WriteState,
-        offset: u64,
-        data: &[u8],
-    ) -> FsResult<()> {
-        if w.up.is_none() {
-            self.start_stream(ino, w, offset).await?;
-        } else if offset > w.pos {
-            self.advance(w, offset).await?;
-        } else if offset < w.pos {
-            tracing::debug!(key = %w.key, offset, pos = w.pos, "write behind the stream");
-            return Err(FsError::Unsupported("writing behind data already written"));
-        }
-        let up = w.up.as_mut().ok_or(FsError::BadHandle)?;
-        up.write(data).await?;
-        w.pos += data.len() as u64;
-        w.dirty = true;
-        self.set_pending(ino, Some(w.size()));
-        Ok(())
-    }
-
-    /// ftruncate / truncate on a file open for writing.
-    async fn truncate_locked(&self, ino: u64, w: &mut WriteState, size: u64) -> FsResult<()> {
-        let cur = w.size();
-        if w.up.is_none() {
-            let base = w.base.as_ref().map(|b| b.size).unwrap_or(0);
-            if size <= base {
-                if size == 0 {
-                    w.base = None;
-                } else if let Some(b) = w.base.as_mut() {
-                    b.size = size;
-                }
-                w.dirty = w.dirty || size != base;
-            } else {
-                self.start_stream(ino, w, size).await?;
-                w.dirty = true;
-            }
-        } else if size > cur {
-            self.advance(w, size).await?;
-        } else if size < cur {
-            if size >= w.pos {
-                w.tail_end = size;
-            } else if w.up.as_mut().is_some_and(|u| u.truncate(size)) {
-                w.pos = size;
-                w.tail_end = 0;
-            } else {
-                return Err(FsError::Unsupported(
-                    "shrinking below data already uploaded",
-                ));
-            }
-            w.dirty = true;
-        }
+        let v = f.writer.as_mut().ok_or(FsError::BadHandle)?;
+        v.write(offset, data).await?;
+        let size = v.size();
         self.set_pending(ino, Some(size));
-        Ok(())
+        Ok(data.len() as u32)
+    }
+
+    /// Reads through a writable handle see its own writes.
+    pub(super) async fn read_version(f: &FileHandle, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
+        let v = f.writer.as_ref().ok_or(FsError::BadHandle)?;
+        Ok(v.read(offset..offset + size as u64).await?)
     }
 
     pub(super) async fn truncate(&self, ino: u64, fh: Option<u64>, size: u64) -> FsResult<()> {
@@ -324,116 +185,78 @@ impl Fs {
             let h = self.handle(fh)?;
             if let Handle::File(f) = &*h {
                 let mut f = f.lock().await;
-                if let Some(w) = f.writer.as_mut() {
-                    return self.truncate_locked(ino, w, size).await;
+                if let Some(v) = f.writer.as_mut() {
+                    v.truncate(size)?;
+                    self.set_pending(ino, Some(size));
+                    return Ok(());
                 }
             }
         }
         // truncate(2) with no writable handle: build the new version here.
-        let (key, base) = {
+        {
             let t = self.inodes.lock();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
             let m = n.meta.as_ref();
             if m.is_some_and(|m| m.size == size && m.etag.is_some()) && n.pending_size.is_none() {
                 return Ok(());
             }
-            (
-                n.key.clone(),
-                m.filter(|m| m.etag.is_some()).map(|m| Base {
-                    size: m.size,
-                    etag: m.etag.clone(),
-                }),
-            )
-        };
-        let mut w = WriteState {
-            key,
-            base,
-            up: None,
-            pos: 0,
-            tail_end: 0,
-            dirty: true,
-        };
-        self.truncate_locked(ino, &mut w, size).await?;
-        self.finish(ino, &mut w).await
+        }
+        let mut v = self.new_version(ino, self.base_of(ino))?;
+        v.truncate(size)?;
+        v.mark_dirty();
+        self.finish(ino, &mut v).await
     }
 
     /// Uploads the version a handle has built. On success the bucket holds exactly the
     /// bytes written so far, and later writes build on that version.
-    async fn finish(&self, ino: u64, w: &mut WriteState) -> FsResult<()> {
-        let (gone, now_key) = {
+    async fn finish(&self, ino: u64, v: &mut Version) -> FsResult<()> {
+        let (gone, now_key, opts) = {
             let t = self.inodes.lock();
             match t.get(ino) {
-                Some(n) => (n.unlinked, n.key.clone()),
-                None => (true, w.key.clone()),
+                Some(n) => (n.unlinked, n.key.clone(), Some(self.put_options(n, None))),
+                None => (true, v.key().to_string(), None),
             }
         };
-        if gone || now_key != w.key {
+        if gone || now_key != v.key() {
             // Unlinked while open: closing must not bring the file back.
-            if let Some(up) = w.up.take() {
-                up.abort().await;
-            }
-            w.dirty = false;
+            v.abort().await;
             return Ok(());
         }
-        let r = self.finish_inner(ino, w).await;
-        if let Err(e) = &r {
-            tracing::warn!(key = %w.key, error = %e, "upload failed; the bucket keeps the previous version");
-            if let Some(up) = w.up.take() {
-                up.abort().await;
-            }
-            w.dirty = false;
-            self.set_pending(ino, None);
-        }
-        r
-    }
-
-    async fn finish_inner(&self, ino: u64, w: &mut WriteState) -> FsResult<()> {
-        if w.up.is_none() {
-            let base = w.base.as_ref().map(|b| b.size).unwrap_or(0);
-            self.start_stream(ino, w, base).await?;
-        }
-        if w.pos < w.tail_end {
-            let end = w.tail_end;
-            self.advance(w, end).await?;
-        }
-        // Headers follow chmod/chown done while the file was open.
-        let opts = {
-            let t = self.inodes.lock();
-            t.get(ino).map(|n| self.put_options(n, None))
-        };
-        let mut up = w.up.take().ok_or(FsError::BadHandle)?;
         if let Some(o) = opts {
-            up.set_options(o);
+            v.set_options(o);
         }
-        let size = up.len();
-        let etag = up.finish().await?;
+        let base = match v.commit().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(key = %v.key(), error = %e, "upload failed; the bucket keeps the previous version");
+                return Err(e.into());
+            }
+        };
         let m = {
             let mut t = self.inodes.lock();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             let posix = n.meta.as_ref().map(|m| m.posix).unwrap_or_default();
             let m = FileMeta {
-                size,
-                etag: etag.clone(),
+                size: base.size,
+                etag: base.etag.clone(),
                 modified: SystemTime::now(),
                 posix,
                 posix_known: true,
             };
             n.meta = Some(m.clone());
-            n.pending_size = None;
+            if n.writers <= 1 {
+                n.pending_size = None;
+            }
             m
         };
-        self.object_changed(&w.key, Lookup::File(m));
-        w.base = Some(Base { size, etag });
-        w.pos = 0;
-        w.tail_end = 0;
-        w.dirty = false;
+        self.object_changed(v.key(), Lookup::File(m));
         Ok(())
     }
 
     pub(super) async fn flush_handle(&self, f: &mut FileHandle) -> FsResult<()> {
         let ino = f.ino;
         match f.writer.as_mut() {
-            Some(w) if w.is_dirty() => self.finish(ino, w).await,
+            Some(v) if v.is_dirty() => self.finish(ino, v).await,
             _ => Ok(()),
         }
     }
@@ -452,6 +275,21 @@ impl Fs {
         self.flush(fh).await
     }
 
+    fn drop_writer(&self, ino: u64) {
+        let mut t = self.inodes.lock();
+        if let Some(n) = t.get_mut(ino) {
+            n.writers = n.writers.saturating_sub(1);
+            if n.writers == 0 {
+                n.pending_size = None;
+                if n.meta.as_ref().is_some_and(|m| m.etag.is_none()) {
+                    // Never uploaded (the upload failed): the file does not exist.
+                    let (p, name) = (n.parent, n.name.clone());
+                    t.detach(p, &name);
+                }
+            }
+        }
+    }
+
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = self.handles.lock().remove(&fh) else {
             return Ok(());
@@ -461,19 +299,12 @@ impl Fs {
         };
         let mut f = f.lock().await;
         let r = self.flush_handle(&mut f).await;
-        if f.writer.is_some() {
-            let mut t = self.inodes.lock();
-            if let Some(n) = t.get_mut(f.ino) {
-                n.writers = n.writers.saturating_sub(1);
-                if n.writers == 0 {
-                    n.pending_size = None;
-                    if n.meta.as_ref().is_some_and(|m| m.etag.is_none()) {
-                        // Never uploaded (the upload failed): the file does not exist.
-                        let (p, name) = (n.parent, n.name.clone());
-                        t.detach(p, &name);
-                    }
-                }
+        if let Some(v) = f.writer.as_mut() {
+            if r.is_err() {
+                // Last chance passed: what was staged is dropped, the bucket keeps its version.
+                v.abort().await;
             }
+            self.drop_writer(f.ino);
         }
         r
     }

@@ -237,8 +237,9 @@ impl ObjectStore for MemStore {
         number: i32,
         src_key: &str,
         range: Range<u64>,
+        src_if_match: Option<&str>,
     ) -> StoreResult<String> {
-        let data = self.get_range(src_key, range, None).await?;
+        let data = self.get_range(src_key, range, src_if_match).await?;
         self.upload_part(key, upload_id, number, data).await
     }
 

@@ -1,6 +1,7 @@
 //! The object-store layer: the S3 calls the filesystem needs, behind one trait, so the
 //! filesystem logic runs unchanged over real S3 (`s3`) or an in-memory map (`mem`).
 
+pub mod fault;
 pub mod mem;
 pub mod s3;
 
@@ -119,6 +120,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         number: i32,
         src_key: &str,
         range: Range<u64>,
+        src_if_match: Option<&str>,
     ) -> StoreResult<String>;
     async fn complete_multipart(
         &self,

@@ -419,6 +419,7 @@ impl ObjectStore for S3Store {
         number: i32,
         src_key: &str,
         range: Range<u64>,
+        src_if_match: Option<&str>,
     ) -> StoreResult<String> {
         let o = self
             .client
@@ -428,6 +429,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(number)
             .copy_source(self.copy_source(src_key))
+            .set_copy_source_if_match(src_if_match.map(str::to_string))
             .copy_source_range(format!(
                 "bytes={}-{}",
                 range.start,
