@@ -53,6 +53,7 @@ fn to_file_attr(a: &Attr, blksize: u32) -> FileAttr {
     let (kind, nlink) = match a.kind {
         FileKind::Dir => (FileType::Directory, 2),
         FileKind::File => (FileType::RegularFile, 1),
+        FileKind::Symlink => (FileType::Symlink, 1),
     };
     FileAttr {
         ino: a.ino,
@@ -250,6 +251,37 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let fs = self.fs.clone();
+        let name = link_name.as_bytes().to_vec();
+        let target = target.as_os_str().as_bytes().to_vec();
+        let (ttl, bs) = (self.ttl, self.blksize);
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(async move {
+            match fs.symlink(parent, &name, &target, uid, gid).await {
+                Ok(a) => reply.entry(&ttl, &to_file_attr(&a, bs), 0),
+                Err(e) => reply.error(log_err("symlink", &e)),
+            }
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.readlink(ino).await {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(log_err("readlink", &e)),
+            }
+        });
+    }
+
     fn link(
         &mut self,
         _req: &Request<'_>,
@@ -398,6 +430,7 @@ impl fuser::Filesystem for FuseAdapter {
                         let kind = match e.attr.kind {
                             FileKind::Dir => FileType::Directory,
                             FileKind::File => FileType::RegularFile,
+                            FileKind::Symlink => FileType::Symlink,
                         };
                         if reply.add(e.attr.ino, (i + 1) as i64, kind, &e.name) {
                             break;

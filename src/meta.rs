@@ -177,6 +177,13 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
+    /// Whether the stored mode says symlink.
+    pub fn is_symlink(&self) -> bool {
+        self.posix
+            .mode
+            .is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK)
+    }
+
     pub fn from_info(info: &crate::store::ObjectInfo, from_head: bool) -> Self {
         FileMeta {
             size: info.size,

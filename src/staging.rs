@@ -248,9 +248,27 @@ mod tests {
         s.insert(10..20);
         s.insert(30..40);
         s.insert(20..25);
-        assert_eq!(s.split(0..50), vec![(0..10, false), (10..25, true), (25..30, false), (30..40, true), (40..50, false)]);
+        assert_eq!(
+            s.split(0..50),
+            vec![
+                (0..10, false),
+                (10..25, true),
+                (25..30, false),
+                (30..40, true),
+                (40..50, false)
+            ]
+        );
         s.remove(12..35);
-        assert_eq!(s.split(0..50), vec![(0..10, false), (10..12, true), (12..35, false), (35..40, true), (40..50, false)]);
+        assert_eq!(
+            s.split(0..50),
+            vec![
+                (0..10, false),
+                (10..12, true),
+                (12..35, false),
+                (35..40, true),
+                (40..50, false)
+            ]
+        );
         assert!(s.covers(36..40));
         assert!(!s.covers(11..13));
         assert_eq!(s.total(), 7);

@@ -268,9 +268,14 @@ impl Version {
             let from_base = piece.start..piece.end.min(self.base_valid);
             if !from_base.is_empty() {
                 let etag = self.base.as_ref().and_then(|b| b.etag.as_deref());
-                let b = self.store.get_range(&self.key, from_base.clone(), etag).await?;
+                let b = self
+                    .store
+                    .get_range(&self.key, from_base.clone(), etag)
+                    .await?;
                 if b.len() as u64 != from_base.end - from_base.start {
-                    return Err(StoreError::Other("short read of the previous version".into()).into());
+                    return Err(
+                        StoreError::Other("short read of the previous version".into()).into(),
+                    );
                 }
                 let s = at.start;
                 buf[s..s + b.len()].copy_from_slice(&b);
@@ -395,7 +400,9 @@ impl Version {
             self.abort_mpu().await;
             if !self.sealed.is_empty() {
                 // Bytes only the aborted upload held are gone: this version cannot be retried.
-                self.failed = Some(StoreError::Other("upload failed after staging was full".into()));
+                self.failed = Some(StoreError::Other(
+                    "upload failed after staging was full".into(),
+                ));
             } else {
                 self.failed = None;
             }
@@ -449,7 +456,9 @@ impl Version {
                     self.done.insert(n, (e, gen));
                 } else {
                     if self.sealed.contains(&n) {
-                        return Err(StoreError::Other("a dropped part must be re-sent".into()).into());
+                        return Err(
+                            StoreError::Other("a dropped part must be re-sent".into()).into()
+                        );
                     }
                     self.spawn_part(&id, n).await?;
                 }
@@ -467,7 +476,10 @@ impl Version {
                 .map(|n| {
                     self.done
                         .get(&n)
-                        .map(|(etag, _)| CompletedPart { number: n, etag: etag.clone() })
+                        .map(|(etag, _)| CompletedPart {
+                            number: n,
+                            etag: etag.clone(),
+                        })
                         .ok_or_else(|| StoreError::Other(format!("part {n} missing")))
                 })
                 .collect::<Result<_, _>>()?;
@@ -475,7 +487,10 @@ impl Version {
             self.mpu = None;
             etag
         };
-        let base = Base { size: self.size, etag };
+        let base = Base {
+            size: self.size,
+            etag,
+        };
         // The staged bytes are now a copy of the new version.
         self.base = Some(base.clone());
         self.base_valid = self.size;
@@ -506,7 +521,10 @@ mod tests {
         assert_eq!(part_size(8 * MIB, 1001), 16 * MIB);
         assert_eq!(part_size(MIB, 1), MIN_PART_SIZE);
         for base in [5 * MIB, 8 * MIB, 64 * MIB] {
-            assert!(max_object_size(base) >= 5 * 1024 * 1024 * MIB, "base {base}");
+            assert!(
+                max_object_size(base) >= 5 * 1024 * 1024 * MIB,
+                "base {base}"
+            );
             for n in [1, 2, 999, 1000, 1001, 5000, 9001, 10_000] {
                 let s = part_span(base, n);
                 assert_eq!(part_at(base, s.start), n);
@@ -524,20 +542,39 @@ mod tests {
     }
 
     fn cfg() -> UploadConfig {
-        UploadConfig { part_size: 5 * MIB, max_inflight: 2 }
+        UploadConfig {
+            part_size: 5 * MIB,
+            max_inflight: 2,
+        }
     }
 
     #[tokio::test]
     async fn small_is_one_put_large_is_multipart_and_random_writes_work() {
         let (store, area, _d) = setup();
         let budget = MemoryBudget::new(64 * MIB);
-        let mut v = Version::new(store.clone(), "s".into(), PutOptions::default(), None, area.open().unwrap(), budget.clone(), cfg());
+        let mut v = Version::new(
+            store.clone(),
+            "s".into(),
+            PutOptions::default(),
+            None,
+            area.open().unwrap(),
+            budget.clone(),
+            cfg(),
+        );
         v.write(0, b"hello").await.unwrap();
         v.commit().await.unwrap();
         assert_eq!(&store.snapshot()["s"][..], b"hello");
 
         let mut data: Vec<u8> = (0..(12 * MIB + 7)).map(|i| (i % 251) as u8).collect();
-        let mut v = Version::new(store.clone(), "l".into(), PutOptions::default(), None, area.open().unwrap(), budget.clone(), cfg());
+        let mut v = Version::new(
+            store.clone(),
+            "l".into(),
+            PutOptions::default(),
+            None,
+            area.open().unwrap(),
+            budget.clone(),
+            cfg(),
+        );
         for (i, c) in data.chunks(128 * 1024).enumerate() {
             v.write((i * 128 * 1024) as u64, c).await.unwrap();
         }
@@ -556,8 +593,19 @@ mod tests {
         let old: Vec<u8> = (0..(11 * MIB)).map(|i| (i % 13) as u8).collect();
         store.insert("f", &old);
         let etag = store.head_sync("f");
-        let base = Base { size: old.len() as u64, etag };
-        let mut v = Version::new(store.clone(), "f".into(), PutOptions::default(), Some(base), area.open().unwrap(), MemoryBudget::new(64 * MIB), cfg());
+        let base = Base {
+            size: old.len() as u64,
+            etag,
+        };
+        let mut v = Version::new(
+            store.clone(),
+            "f".into(),
+            PutOptions::default(),
+            Some(base),
+            area.open().unwrap(),
+            MemoryBudget::new(64 * MIB),
+            cfg(),
+        );
         v.write(6 * MIB as u64, b"mid").await.unwrap();
         v.truncate(12 * MIB as u64).unwrap();
         v.commit().await.unwrap();
@@ -576,8 +624,19 @@ mod tests {
     async fn a_changed_base_fails_instead_of_mixing() {
         let (store, area, _d) = setup();
         store.insert("f", &[1u8; 100]);
-        let base = Base { size: 100, etag: store.head_sync("f") };
-        let mut v = Version::new(store.clone(), "f".into(), PutOptions::default(), Some(base), area.open().unwrap(), MemoryBudget::new(64 * MIB), cfg());
+        let base = Base {
+            size: 100,
+            etag: store.head_sync("f"),
+        };
+        let mut v = Version::new(
+            store.clone(),
+            "f".into(),
+            PutOptions::default(),
+            Some(base),
+            area.open().unwrap(),
+            MemoryBudget::new(64 * MIB),
+            cfg(),
+        );
         v.write(10, b"x").await.unwrap();
         store.insert("f", &[2u8; 100]);
         assert!(v.commit().await.is_err());
@@ -589,7 +648,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let area = StagingArea::new(dir.path(), 12 * MIB).unwrap();
         let store = Arc::new(MemStore::new());
-        let mut v = Version::new(store.clone(), "big".into(), PutOptions::default(), None, area.open().unwrap(), MemoryBudget::new(64 * MIB), cfg());
+        let mut v = Version::new(
+            store.clone(),
+            "big".into(),
+            PutOptions::default(),
+            None,
+            area.open().unwrap(),
+            MemoryBudget::new(64 * MIB),
+            cfg(),
+        );
         let chunk = vec![7u8; 1 << 20];
         for i in 0..30u64 {
             v.write(i << 20, &chunk).await.unwrap();

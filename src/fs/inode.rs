@@ -11,6 +11,15 @@ pub const ROOT: u64 = 1;
 pub enum Kind {
     File,
     Dir,
+    /// s3fs-style: the object's body is the target, its mode has S_IFLNK.
+    Symlink,
+}
+
+impl Kind {
+    /// A file or a symlink: both are one object.
+    pub fn is_object(self) -> bool {
+        self != Kind::Dir
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -38,7 +47,7 @@ impl Node {
     pub fn is_local(&self) -> bool {
         match self.kind {
             Kind::Dir => self.pinned,
-            Kind::File => self.writers > 0,
+            Kind::File | Kind::Symlink => self.writers > 0,
         }
     }
 }
@@ -113,8 +122,13 @@ impl Inodes {
     ) -> u64 {
         if let Some(ino) = self.child(parent, name) {
             if let Some(n) = self.nodes.get_mut(&ino) {
-                if n.kind == kind {
-                    if kind == Kind::File && n.writers == 0 {
+                // A listing cannot tell a symlink from a file: keep what a HEAD said.
+                let same_version =
+                    n.meta.as_ref().map(|m| &m.etag) == meta.as_ref().map(|m| &m.etag);
+                let compatible = n.kind == kind
+                    || (n.kind == Kind::Symlink && kind == Kind::File && same_version);
+                if compatible {
+                    if kind.is_object() && n.writers == 0 {
                         n.meta = merge_meta(n.meta.take(), meta);
                     }
                     return ino;

@@ -19,8 +19,8 @@ use crate::error::{FsError, FsResult};
 use crate::keys::{self, Child, NameError};
 use crate::meta::{self, FileMeta, PosixMeta};
 use crate::prefetch::{ReadConfig, Reader};
-use crate::store::{ObjectStore, PutOptions, StoreError};
 use crate::staging::StagingArea;
+use crate::store::{ObjectStore, PutOptions, StoreError};
 use crate::upload::{part_size, UploadConfig, Version};
 use inode::{Inodes, Kind, Node, ROOT};
 
@@ -205,15 +205,20 @@ impl Fs {
                 uid: n.dir_posix.uid.unwrap_or(self.cfg.uid),
                 gid: n.dir_posix.gid.unwrap_or(self.cfg.gid),
             },
-            Kind::File => {
+            Kind::File | Kind::Symlink => {
                 let m = n.meta.as_ref();
                 let p = m.map(|m| m.posix).unwrap_or_default();
+                let perm = if n.kind == Kind::Symlink {
+                    0o777
+                } else {
+                    p.mode.unwrap_or(self.cfg.file_mode) & 0o7777
+                };
                 Attr {
                     ino,
-                    kind: Kind::File,
+                    kind: n.kind,
                     size: n.pending_size.or(m.map(|m| m.size)).unwrap_or(0),
                     mtime: p.mtime.or(m.map(|m| m.modified)).unwrap_or(self.started),
-                    perm: (p.mode.unwrap_or(self.cfg.file_mode) & 0o7777) as u16,
+                    perm: perm as u16,
                     uid: p.uid.unwrap_or(self.cfg.uid),
                     gid: p.gid.unwrap_or(self.cfg.gid),
                 }
@@ -326,7 +331,11 @@ impl Fs {
             Lookup::File(m) => t.upsert(
                 parent,
                 name,
-                Kind::File,
+                if m.is_symlink() {
+                    Kind::Symlink
+                } else {
+                    Kind::File
+                },
                 keys::file_key(dir_prefix, name),
                 Some(m),
             ),
@@ -344,8 +353,28 @@ impl Fs {
         if let Some(a) = self.local_child(parent, name) {
             return Ok(a);
         }
-        let l = self.resolve(&dir, name).await?;
+        let l = self
+            .with_metadata(&dir, name, self.resolve(&dir, name).await?)
+            .await?;
         self.record(parent, &dir, name, l)
+    }
+
+    /// A listing carries no user metadata: a file looked up on its own gets a HEAD, so
+    /// owner, mode, mtime and symlink-ness written by any tool are shown.
+    async fn with_metadata(&self, dir: &str, name: &str, l: Lookup) -> FsResult<Lookup> {
+        match l {
+            Lookup::File(m) if !m.posix_known => {
+                let key = keys::file_key(dir, name);
+                let l = match self.store.head(&key).await {
+                    Ok(info) => Lookup::File(FileMeta::from_info(&info, true)),
+                    Err(StoreError::NotFound) => Lookup::Missing,
+                    Err(e) => return Err(e.into()),
+                };
+                self.cache.put(&key, l.clone());
+                Ok(l)
+            }
+            other => Ok(other),
+        }
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -360,6 +389,7 @@ impl Fs {
         };
         debug_assert!(!local);
         let l = self.resolve(&dir_prefix, &name).await?;
+        let l = self.with_metadata(&dir_prefix, &name, l).await?;
         let a = self.record(parent, &dir_prefix, &name, l)?;
         if a.ino != ino {
             // The name now stands for something else (a file became a directory).
@@ -465,7 +495,11 @@ impl Fs {
                 Child::File(m) => t.upsert(
                     ino,
                     name,
-                    Kind::File,
+                    if m.is_symlink() {
+                        Kind::Symlink
+                    } else {
+                        Kind::File
+                    },
                     keys::file_key(&prefix, name),
                     Some(m.clone()),
                 ),
@@ -654,7 +688,7 @@ impl Fs {
             }
         }
         match node.kind {
-            Kind::File => {
+            Kind::File | Kind::Symlink => {
                 if let Some((_, t)) = &target {
                     if t.kind == Kind::Dir {
                         return Err(FsError::IsDir);
@@ -812,6 +846,11 @@ impl Fs {
         let (key, uploaded) = {
             let mut t = self.inodes.lock();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            let kind_bits = if n.kind == Kind::Symlink {
+                libc::S_IFLNK
+            } else {
+                libc::S_IFREG
+            };
             let m = n.meta.get_or_insert_with(|| FileMeta {
                 size: 0,
                 etag: None,
@@ -821,7 +860,7 @@ impl Fs {
             });
             let p = &mut m.posix;
             let cur_mode = p.mode.unwrap_or(self.cfg.file_mode);
-            p.mode = Some(libc::S_IFREG | (s.mode.unwrap_or(cur_mode) & 0o7777));
+            p.mode = Some(kind_bits | (s.mode.unwrap_or(cur_mode) & 0o7777));
             p.uid = s.uid.or(p.uid);
             p.gid = s.gid.or(p.gid);
             p.mtime = s.mtime.or(p.mtime);
@@ -866,6 +905,76 @@ impl Fs {
         self.cache.put(key, l);
         let dir = key.rfind('/').map(|i| &key[..=i]).unwrap_or("");
         self.cache.dir_changed(dir);
+    }
+
+    // ---- symlinks --------------------------------------------------------------------
+
+    /// s3fs's format: an object whose body is the target and whose mode has S_IFLNK.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let name = keys::check_name(name).map_err(name_error)?;
+        if target.is_empty() || target.len() > 4096 {
+            return Err(FsError::Invalid);
+        }
+        let dir = self.dir_node(parent)?;
+        if self.local_child(parent, name).is_some()
+            || self.resolve(&dir, name).await? != Lookup::Missing
+        {
+            return Err(FsError::Exists);
+        }
+        let key = keys::file_key(&dir, name);
+        let now = SystemTime::now();
+        let posix = PosixMeta {
+            mode: Some(libc::S_IFLNK | 0o777),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: Some(now),
+        };
+        let mut metadata = HashMap::new();
+        posix.write_to(&mut metadata);
+        let opts = PutOptions {
+            content_type: meta::DEFAULT_TYPE.to_string(),
+            metadata,
+        };
+        let etag = self
+            .store
+            .put(&key, Bytes::copy_from_slice(target), &opts)
+            .await?;
+        let m = FileMeta {
+            size: target.len() as u64,
+            etag,
+            modified: now,
+            posix,
+            posix_known: true,
+        };
+        let mut t = self.inodes.lock();
+        let ino = t.upsert(parent, name, Kind::Symlink, key.clone(), Some(m.clone()));
+        if let Some(n) = t.get_mut(ino) {
+            n.meta = Some(m.clone());
+            n.unlinked = false;
+        }
+        self.object_changed(&key, Lookup::File(m));
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
+        Ok(self.attr_of(ino, n))
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let (key, etag, size) = {
+            let t = self.inodes.lock();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            if n.kind != Kind::Symlink {
+                return Err(FsError::Invalid);
+            }
+            let m = n.meta.as_ref().ok_or(FsError::NotFound)?;
+            (n.key.clone(), m.etag.clone(), m.size)
+        };
+        Ok(self.store.get_range(&key, 0..size, etag.as_deref()).await?)
     }
 
     // ---- statfs -----------------------------------------------------------------------

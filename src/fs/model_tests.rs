@@ -197,7 +197,7 @@ impl Harness {
                 let p = join(&path, &e.name);
                 match e.attr.kind {
                     Kind::Dir => stack.push((e.attr.ino, p)),
-                    Kind::File => {
+                    Kind::File | Kind::Symlink => {
                         let fh = self
                             .fs
                             .open(e.attr.ino, libc::O_RDONLY)

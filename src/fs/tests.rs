@@ -1,10 +1,8 @@
 //! Filesystem logic over the in-memory store: no kernel, no network.
 
-
-
 use super::*;
-use crate::store::mem::MemStore;
 use crate::store::fault::{FaultStore, Op};
+use crate::store::mem::MemStore;
 
 const MIB: usize = 1024 * 1024;
 
@@ -299,17 +297,27 @@ async fn a_failed_upload_is_an_error_and_the_old_version_stays() {
     let faults = Arc::new(FaultStore::new(mem.clone()));
     let fs = Fs::new(faults.clone(), cfg()).unwrap();
     let v = fs.lookup(ROOT, b"victim").await.unwrap();
-    let fh = fs.open(v.ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+    let fh = fs
+        .open(v.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
     fs.write(fh, 0, &vec![7u8; 6 * MIB]).await.unwrap();
     faults.fail(Some(Op::UploadPart), FaultStore::slow_down());
     faults.fail(Some(Op::Put), FaultStore::slow_down());
-    let mut failed = fs.write(fh, 6 * MIB as u64, &vec![7u8; 6 * MIB]).await.is_err();
+    let mut failed = fs
+        .write(fh, 6 * MIB as u64, &vec![7u8; 6 * MIB])
+        .await
+        .is_err();
     failed |= fs.flush(fh).await.is_err();
     assert!(failed, "the writer must see the failure");
     assert!(fs.release(fh).await.is_err());
     assert_eq!(&mem.snapshot()["victim"][..], b"previous");
     assert_eq!(mem.open_uploads(), 0, "the multipart upload is aborted");
-    assert_eq!(fs.getattr(v.ino).await.unwrap().size, 8, "stat agrees with the bucket");
+    assert_eq!(
+        fs.getattr(v.ino).await.unwrap().size,
+        8,
+        "stat agrees with the bucket"
+    );
 }
 
 #[tokio::test]
@@ -317,7 +325,10 @@ async fn a_transient_failure_at_close_can_be_retried_by_fsync() {
     let mem = Arc::new(MemStore::new());
     let faults = Arc::new(FaultStore::new(mem.clone()));
     let fs = Fs::new(faults.clone(), cfg()).unwrap();
-    let (_, fh) = fs.create(ROOT, b"f.txt", 0o644, libc::O_WRONLY, 0, 0).await.unwrap();
+    let (_, fh) = fs
+        .create(ROOT, b"f.txt", 0o644, libc::O_WRONLY, 0, 0)
+        .await
+        .unwrap();
     fs.write(fh, 0, b"data").await.unwrap();
     faults.fail_times(Some(Op::Put), FaultStore::slow_down(), 1);
     assert_eq!(fs.fsync(fh).await.unwrap_err().errno(), libc::EIO);
@@ -330,7 +341,10 @@ async fn a_transient_failure_at_close_can_be_retried_by_fsync() {
 #[tokio::test]
 async fn random_writes_into_a_large_new_file_and_reads_through_the_handle() {
     let (store, fs) = setup();
-    let (a, fh) = fs.create(ROOT, b"r.bin", 0o644, libc::O_RDWR, 0, 0).await.unwrap();
+    let (a, fh) = fs
+        .create(ROOT, b"r.bin", 0o644, libc::O_RDWR, 0, 0)
+        .await
+        .unwrap();
     let mut want = vec![0u8; 14 * MIB];
     for (i, c) in want.chunks_mut(MIB).enumerate() {
         c.fill(i as u8);
@@ -365,6 +379,46 @@ async fn overwrite_in_place_copies_untouched_parts_server_side() {
     want[12 * MIB..12 * MIB + 5].copy_from_slice(b"patch");
     assert_eq!(&mem.snapshot()["big"][..], &want[..]);
     let calls = faults.calls();
-    assert!(calls.contains(&Op::UploadPartCopy), "untouched parts copied: {calls:?}");
-    assert_eq!(calls.iter().filter(|o| **o == Op::UploadPart).count(), 1, "{calls:?}");
+    assert!(
+        calls.contains(&Op::UploadPartCopy),
+        "untouched parts copied: {calls:?}"
+    );
+    assert_eq!(
+        calls.iter().filter(|o| **o == Op::UploadPart).count(),
+        1,
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn symlinks_in_s3fs_format_and_metadata_from_head() {
+    let (store, fs) = setup();
+    let a = fs
+        .symlink(ROOT, b"link", b"target/file.txt", 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(a.kind, Kind::Symlink);
+    assert_eq!(&store.snapshot()["link"][..], b"target/file.txt");
+    assert_eq!(&fs.readlink(a.ino).await.unwrap()[..], b"target/file.txt");
+    // Written by another tool with s3fs metadata: a fresh mount sees mode, owner and type.
+    let mut md = std::collections::HashMap::new();
+    md.insert("mode".to_string(), "33184".to_string()); // 0100640
+    md.insert("uid".to_string(), "1234".to_string());
+    store
+        .put(
+            "meta.txt",
+            Bytes::from_static(b"x"),
+            &PutOptions {
+                content_type: "text/plain".into(),
+                metadata: md,
+            },
+        )
+        .await
+        .unwrap();
+    let fs2 = Fs::new(store.clone(), cfg()).unwrap();
+    assert_eq!(names(&fs2, ROOT).await, vec!["link", "meta.txt"]);
+    let m = fs2.lookup(ROOT, b"meta.txt").await.unwrap();
+    assert_eq!((m.perm, m.uid), (0o640, 1234));
+    let l = fs2.lookup(ROOT, b"link").await.unwrap();
+    assert_eq!(l.kind, Kind::Symlink);
 }

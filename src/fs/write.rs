@@ -60,11 +60,13 @@ impl Fs {
     }
 
     fn file_handle(&self, ino: u64, writer: Option<Version>) -> u64 {
-        self.add_handle(Handle::File(Box::new(tokio::sync::Mutex::new(FileHandle {
-            ino,
-            reader: None,
-            writer,
-        }))))
+        self.add_handle(Handle::File(Box::new(tokio::sync::Mutex::new(
+            FileHandle {
+                ino,
+                reader: None,
+                writer,
+            },
+        ))))
     }
 
     pub async fn create(
@@ -175,7 +177,11 @@ impl Fs {
     }
 
     /// Reads through a writable handle see its own writes.
-    pub(super) async fn read_version(f: &FileHandle, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
+    pub(super) async fn read_version(
+        f: &FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<bytes::Bytes> {
         let v = f.writer.as_ref().ok_or(FsError::BadHandle)?;
         Ok(v.read(offset..offset + size as u64).await?)
     }

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult};
+use super::{
+    CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -52,17 +54,32 @@ impl FaultStore {
 
     /// Every call of `op` (None: of every operation) fails with `error`.
     pub fn fail(&self, op: Option<Op>, error: StoreError) {
-        self.rules.lock().push(Rule { op, error: Some(error), delay: Duration::ZERO, remaining: None });
+        self.rules.lock().push(Rule {
+            op,
+            error: Some(error),
+            delay: Duration::ZERO,
+            remaining: None,
+        });
     }
 
     /// The next `n` calls of `op` fail with `error` (a transient fault).
     pub fn fail_times(&self, op: Option<Op>, error: StoreError, n: usize) {
-        self.rules.lock().push(Rule { op, error: Some(error), delay: Duration::ZERO, remaining: Some(n) });
+        self.rules.lock().push(Rule {
+            op,
+            error: Some(error),
+            delay: Duration::ZERO,
+            remaining: Some(n),
+        });
     }
 
     /// Calls of `op` wait `d` first (a slow or hanging server).
     pub fn delay(&self, op: Option<Op>, d: Duration) {
-        self.rules.lock().push(Rule { op, error: None, delay: d, remaining: None });
+        self.rules.lock().push(Rule {
+            op,
+            error: None,
+            delay: d,
+            remaining: None,
+        });
     }
 
     pub fn clear(&self) {
