@@ -23,6 +23,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the mount variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount [BUCKET[:PREFIX]] at MOUNTPOINT; runs in the foreground until unmounted.
@@ -197,9 +199,9 @@ impl MountArgs {
         if let Some(s) = &self.resolved {
             return Ok(s.clone());
         }
-        let bucket = split_spec(self.bucket.as_deref())?
-            .0
-            .ok_or("no bucket: name it (BUCKET[:PREFIX]) or set AUTHENTIK_STORAGE__S3__BUCKET_NAME")?;
+        let bucket = split_spec(self.bucket.as_deref())?.0.ok_or(
+            "no bucket: name it (BUCKET[:PREFIX]) or set AUTHENTIK_STORAGE__S3__BUCKET_NAME",
+        )?;
         Ok(S3Settings {
             bucket,
             endpoint: self.endpoint.clone(),

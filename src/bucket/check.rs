@@ -41,7 +41,13 @@ fn row(check: &str, status: Status, detail: impl Into<String>, fix: impl Into<St
 }
 
 /// The fix for a denied or failed action.
-fn fix_for(action: &str, bucket: &str, code: &str) -> String {
+fn fix_for(action: &str, bucket: &str, code: &str, message: &str) -> String {
+    if message
+        .to_ascii_lowercase()
+        .contains("authorization method")
+    {
+        return "the store does not accept this signature: set SIGNATURE_VERSION=s3v4".into();
+    }
     match code {
         "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AuthorizationHeaderMalformed" => {
             return "check ACCESS_KEY/SECRET_KEY, REGION and SIGNATURE_VERSION".into()
@@ -76,7 +82,7 @@ where
         action,
         Status::Fail,
         sdk_error(e),
-        fix_for(action, bucket, &code),
+        fix_for(action, bucket, &code, &sdk_error(e)),
     )
 }
 
@@ -275,7 +281,7 @@ async fn actions(
                         "CompleteMultipartUpload",
                         Status::Fail,
                         format!("UploadPart failed: {}", sdk_error(&e)),
-                        fix_for("UploadPart", b, &code),
+                        fix_for("UploadPart", b, &code, &sdk_error(&e)),
                     ));
                 }
             }
@@ -579,7 +585,7 @@ pub fn run(a: &CheckArgs) -> Result<i32, CmdError> {
     );
     let failed = rows.iter().filter(|r| r.status == Status::Fail).count();
     let ok = rows.iter().filter(|r| r.status == Status::Ok).count();
-    println!(
+    outln!(
         "bucket {} at {}: {ok} ok, {failed} FAILED",
         ctx.bucket(),
         ctx.endpoint_desc()

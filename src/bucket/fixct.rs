@@ -316,12 +316,12 @@ pub fn run(a: &FixArgs) -> Result<i32, CmdError> {
     let would = count(|o| matches!(o, Outcome::WouldFix { .. }));
     let failed = count(|o| matches!(o, Outcome::Failed(_)));
     if dry {
-        println!(
+        outln!(
             "{} objects: {would} would be fixed, {right} already right, {failed} failed (dry run: nothing changed)",
             results.len()
         );
     } else {
-        println!(
+        outln!(
             "{} objects: {fixed} fixed, {right} already right, {failed} failed",
             results.len()
         );

@@ -3,6 +3,13 @@
 //! through [`crate::authentik`] (flags > environment > env file) and talks to S3 through the
 //! same [`S3Store`] client the mount uses (so SigV2, ACL and credentials behave the same).
 
+/// `println!` that does not panic when stdout is closed (`bucketfs check | head`).
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::bucket::out(&format!("{}\n", format_args!($($t)*)))
+    };
+}
+
 pub mod check;
 pub mod fixct;
 pub mod http;
@@ -139,6 +146,13 @@ pub struct UrlArgs {
     pub path: String,
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+/// Write to stdout; a reader that went away (EPIPE) is not an error worth a panic.
+pub fn out(s: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(s.as_bytes()).and_then(|_| o.flush());
 }
 
 /// The process environment.
@@ -490,7 +504,7 @@ pub fn run_config(a: &ConfigArgs) -> Result<i32, CmdError> {
         .into_iter()
         .map(|(a, b, c)| vec![a, b, c])
         .collect();
-    print!("{}", format_table(&["setting", "value", "source"], &rows));
+    out(&format_table(&["setting", "value", "source"], &rows));
     Ok(0)
 }
 

@@ -62,8 +62,8 @@ impl Progress {
     /// An event line (stdout), kept clear of the bar.
     pub fn line(&self, s: &str) {
         match &self.bar {
-            Some(b) => b.suspend(|| println!("{s}")),
-            None => println!("{s}"),
+            Some(b) => b.suspend(|| outln!("{s}")),
+            None => outln!("{s}"),
         }
     }
 

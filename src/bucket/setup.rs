@@ -287,7 +287,7 @@ pub fn run(a: &SetupArgs) -> Result<i32, CmdError> {
     // 3. the policy
     eprintln!("IAM policy for the key authentik and bucketfs use (stdout):");
     let policy = iam_policy(&bucket, ctx.settings.object_acl.is_some());
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&policy).unwrap_or_else(|_| policy.to_string())
     );
@@ -335,7 +335,11 @@ mod tests {
             origins: vec!["https://up.example".into()],
             ..Rule::default()
         };
-        let r = merge(&[put.clone()], &["https://a.example".to_string()]).unwrap();
+        let r = merge(
+            std::slice::from_ref(&put),
+            &["https://a.example".to_string()],
+        )
+        .unwrap();
         assert_eq!(r[0], put);
         assert_eq!(r.len(), 2);
         let star = rule(&["https://*.example"], &["*"]);

@@ -52,7 +52,7 @@ pub fn plain_url(i: &UrlInputs, key: &str) -> Result<url::Url, String> {
         ),
     };
     // a dotted bucket cannot be a TLS host label
-    let virtual_host = !i.path_style && !(i.bucket.contains('.') && scheme == "https");
+    let virtual_host = !i.path_style && (!i.bucket.contains('.') || scheme != "https");
     let (host, path) = if virtual_host {
         (format!("{}.{host}", i.bucket), format!("{base}/{enc}"))
     } else {
@@ -214,7 +214,7 @@ pub fn run(a: &UrlArgs) -> Result<i32, CmdError> {
         return Err(CmdError::Usage("PATH is empty".into()));
     }
     let ctx = Ctx::new(&a.s3)?;
-    println!("{}", browser_url(&ctx, key)?);
+    outln!("{}", browser_url(&ctx, key)?);
     Ok(0)
 }
 
