@@ -28,9 +28,15 @@ pub struct StaticCredentials {
 impl std::fmt::Debug for StaticCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StaticCredentials")
-            .field("access_key", &crate::authentik::redact_key_id(&self.access_key))
+            .field(
+                "access_key",
+                &crate::authentik::redact_key_id(&self.access_key),
+            )
             .field("secret_key", &"(redacted)")
-            .field("session_token", &self.session_token.as_ref().map(|_| "(redacted)"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "(redacted)"),
+            )
             .finish()
     }
 }
