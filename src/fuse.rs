@@ -80,7 +80,7 @@ fn log_err(op: &str, e: &FsError) -> i32 {
         FsError::Store(_) => tracing::warn!(op, error = %e, errno, "request failed"),
         _ => tracing::debug!(op, error = %e, errno, "request refused"),
     }
-    errno
+    crate::metrics::fuse_error(errno)
 }
 
 fn time(t: TimeOrNow) -> SystemTime {
@@ -133,7 +133,7 @@ impl fuser::Filesystem for FuseAdapter {
             match fs.lookup(parent, &name).await {
                 Ok(a) => reply.entry(&ttl, &to_file_attr(&a, bs), 0),
                 Err(e) => reply.error(if matches!(e, FsError::NotFound) {
-                    libc::ENOENT
+                    crate::metrics::fuse_error(libc::ENOENT)
                 } else {
                     log_err("lookup", &e)
                 }),
@@ -291,7 +291,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         // S3 has no way to give one object two names.
-        reply.error(libc::EPERM);
+        reply.error(crate::metrics::fuse_error(libc::EPERM));
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
@@ -340,7 +340,7 @@ impl fuser::Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.read(fh, offset.max(0) as u64, size).await {
-                Ok(b) => reply.data(&b),
+                Ok(b) => reply.data(&b[..crate::metrics::fuse_read(b.len())]),
                 Err(e) => reply.error(log_err("read", &e)),
             }
         });
@@ -362,7 +362,7 @@ impl fuser::Filesystem for FuseAdapter {
         let data = data.to_vec();
         self.spawn(async move {
             match fs.write(fh, offset.max(0) as u64, &data).await {
-                Ok(n) => reply.written(n),
+                Ok(n) => reply.written(crate::metrics::fuse_written(n)),
                 Err(e) => reply.error(log_err("write", &e)),
             }
         });

@@ -12,6 +12,8 @@ pub mod fs;
 pub mod fuse;
 pub mod keys;
 pub mod meta;
+pub mod metrics;
+pub mod notify;
 pub mod prefetch;
 pub mod service;
 pub mod sigv2;

@@ -11,6 +11,7 @@ use fuser::MountOption;
 use crate::config::MountArgs;
 use crate::fs::Fs;
 use crate::fuse::FuseAdapter;
+use crate::notify;
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, StoreError};
 
@@ -19,6 +20,48 @@ static UNSAVED: AtomicUsize = AtomicUsize::new(0);
 /// Counts files that could not be uploaded before exit (the exit status reports them).
 pub fn note_unsaved(n: usize) {
     UNSAVED.fetch_add(n, Ordering::SeqCst);
+}
+
+/// Files that could not be uploaded so far.
+pub fn unsaved() -> usize {
+    UNSAVED.load(Ordering::SeqCst)
+}
+
+/// `f_type` of a FUSE file system (statfs(2)).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Whether the mount at `p` answers: statfs reports a FUSE file system there (so the mount
+/// is in place over the directory) and a stat of its root comes back, which takes a round
+/// trip through this daemon's session (INIT, then GETATTR).
+fn mount_answers(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid C string and `st` a properly sized, writable statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    let fuse = st.f_type as i64 == FUSE_SUPER_MAGIC;
+    fuse && std::fs::metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// Waits until the mount answers; false if it does not within `limit` or the session ends.
+fn wait_until_answers(p: &Path, limit: Duration, session_ended: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if mount_answers(p) {
+            return true;
+        }
+        if session_ended() || std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
 }
 
 /// Exit statuses.
@@ -103,6 +146,9 @@ fn mount_options(args: &MountArgs, bucket: &str) -> Vec<MountOption> {
     let mut o = vec![
         MountOption::FSName(format!("bucketfs:{bucket}")),
         MountOption::Subtype("bucketfs".into()),
+        // fuser's direct mount(2) (as root) passes the type "fuse" only; the kernel takes the
+        // subtype as an option, so /proc/mounts shows `fuse.bucketfs` either way.
+        MountOption::CUSTOM("subtype=bucketfs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
@@ -111,6 +157,9 @@ fn mount_options(args: &MountArgs, bucket: &str) -> Vec<MountOption> {
     ];
     if args.allow_other {
         o.push(MountOption::AllowOther);
+    }
+    if args.noexec {
+        o.push(MountOption::NoExec);
     }
     o.push(if args.read_only {
         MountOption::RO
@@ -127,6 +176,10 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
     let cfg = args.fs_config(uid, gid).map_err(StartError)?;
     let s3 = args.s3_settings().map_err(StartError)?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let metrics_listener = match args.metrics_addr {
+        Some(a) => Some(crate::metrics::bind(a).map_err(|e| StartError(e.to_string()))?),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bucketfs-io")
@@ -138,6 +191,10 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
         .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
         .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
         .unwrap_or_else(|| "AWS S3".into());
+    notify::notify_quietly(&notify::status_line(&format!(
+        "Checking bucket {} at {endpoint}",
+        s3.bucket
+    )));
     let s3store = Arc::new(rt.block_on(S3Store::connect(&s3)));
     s3store.set_log_failures(false);
     rt.block_on(preflight(&*s3store, &s3.bucket, &cfg.prefix, &endpoint))?;
@@ -151,6 +208,25 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
             cache_dir.display()
         ))
     })?);
+    crate::metrics::set_budget(fs.budget().clone());
+    if let Some(l) = metrics_listener {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!("metrics on http://{a}/metrics");
+        }
+        rt.spawn(crate::metrics::serve(l));
+    }
+    // Registered before mounting, so a SIGTERM from now on is never the default (fatal) one.
+    let signals = {
+        let _rt = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => Some((t, i)),
+            _ => None,
+        }
+    };
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let adapter = FuseAdapter::new(
         fs.clone(),
@@ -167,23 +243,45 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
             ))
         })?;
     let mut unmounter = session.unmount_callable();
-    tracing::info!(
-        bucket = %s3.bucket, prefix = %fs.config().prefix, mountpoint = %mountpoint.display(),
-        "mounted; stop with `fusermount3 -u {}` or SIGTERM", mountpoint.display()
-    );
     let session_thread = std::thread::Builder::new()
         .name("bucketfs-fuse".into())
         .spawn(move || session.run())
         .map_err(|e| StartError(format!("cannot start the FUSE thread: {e}")))?;
 
+    // READY=1 only once the kernel gets answers from this session.
+    if !wait_until_answers(&mountpoint, Duration::from_secs(30), || {
+        session_thread.is_finished()
+    }) {
+        let _ = unmounter.unmount();
+        let _ = session_thread.join();
+        return Err(StartError(format!(
+            "the mount on {} did not answer within 30 s",
+            mountpoint.display()
+        )));
+    }
+    tracing::info!(
+        bucket = %s3.bucket, prefix = %fs.config().prefix, mountpoint = %mountpoint.display(),
+        "mounted; stop with `fusermount3 -u {}` or SIGTERM", mountpoint.display()
+    );
+    notify::notify_quietly(&format!(
+        "READY=1\n{}",
+        notify::status_line(&format!(
+            "Mounted bucket {}{} on {}",
+            s3.bucket,
+            if fs.config().prefix.is_empty() {
+                String::new()
+            } else {
+                format!(":{}", fs.config().prefix)
+            },
+            mountpoint.display()
+        ))
+    ));
+
     // SIGINT / SIGTERM: save what is pending, then unmount; the session then ends.
     let fs_sig = fs.clone();
     let mp = mountpoint.clone();
     rt.spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
-        ) else {
+        let Some((mut term, mut int)) = signals else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -191,6 +289,10 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
             _ = term.recv() => tracing::info!("SIGTERM: saving pending writes, then unmounting"),
             _ = int.recv() => tracing::info!("SIGINT: saving pending writes, then unmounting"),
         }
+        notify::notify_quietly(&format!(
+            "STOPPING=1\n{}",
+            notify::status_line("Saving pending writes, then unmounting")
+        ));
         let failed = fs_sig.flush_all().await;
         for u in &failed {
             tracing::error!(path = %u.path, error = %u.error, "not saved to the bucket");
@@ -207,6 +309,8 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
     });
 
     let r = session_thread.join();
+    // Unmounted from outside (umount, fusermount3 -u): stopping now, too.
+    notify::notify_quietly("STOPPING=1");
     let _ = done_rx.recv_timeout(Duration::from_secs(1));
     match r {
         Ok(Ok(())) => {}

@@ -183,6 +183,7 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let err = map_err(e);
+        crate::metrics::s3_failed(op, &err);
         if !matches!(err, StoreError::NotFound) && self.log_failures.load(Ordering::Relaxed) {
             tracing::warn!(op, key, error = %err, "S3 request failed");
         }
@@ -266,6 +267,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("HeadObject", key, e))?;
+        crate::metrics::s3_ok("HeadObject");
         Ok(ObjectInfo {
             key: key.to_string(),
             size: o.content_length().unwrap_or(0).max(0) as u64,
@@ -301,6 +303,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("ListObjectsV2", prefix, e))?;
+        crate::metrics::s3_ok("ListObjectsV2");
         let objects = o
             .contents()
             .iter()
@@ -355,10 +358,13 @@ impl ObjectStore for S3Store {
             tracing::warn!(op = "GetObject", key, error = %e, "reading body failed");
             StoreError::Other(format!("reading body: {e}"))
         })?;
+        crate::metrics::s3_ok("GetObject");
+        crate::metrics::s3_received(bytes::Buf::remaining(&body));
         Ok(body.into_bytes())
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
+        let _in_flight = crate::metrics::put_started();
         let len = body.len() as i64;
         let o = self
             .client
@@ -373,6 +379,8 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("PutObject", key, e))?;
+        crate::metrics::s3_ok("PutObject");
+        crate::metrics::s3_sent(len as usize);
         Ok(o.e_tag().map(str::to_string))
     }
 
@@ -388,6 +396,8 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("CreateMultipartUpload", key, e))?;
+        crate::metrics::s3_ok("CreateMultipartUpload");
+        crate::metrics::multipart_started();
         o.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
@@ -413,6 +423,8 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("UploadPart", key, e))?;
+        crate::metrics::s3_ok("UploadPart");
+        crate::metrics::s3_sent(len as usize);
         o.e_tag()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other("UploadPart returned no ETag".into()))
@@ -444,6 +456,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("UploadPartCopy", key, e))?;
+        crate::metrics::s3_ok("UploadPartCopy");
         o.copy_part_result()
             .and_then(|r| r.e_tag())
             .map(str::to_string)
@@ -479,10 +492,13 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("CompleteMultipartUpload", key, e))?;
+        crate::metrics::s3_ok("CompleteMultipartUpload");
+        crate::metrics::multipart_ended();
         Ok(o.e_tag().map(str::to_string))
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        crate::metrics::multipart_ended();
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
@@ -491,6 +507,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("AbortMultipartUpload", key, e))?;
+        crate::metrics::s3_ok("AbortMultipartUpload");
         Ok(())
     }
 
@@ -511,6 +528,7 @@ impl ObjectStore for S3Store {
         req.send()
             .await
             .map_err(|e| self.fail("CopyObject", dst, e))?;
+        crate::metrics::s3_ok("CopyObject");
         Ok(())
     }
 
@@ -522,6 +540,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("DeleteObject", key, e))?;
+        crate::metrics::s3_ok("DeleteObject");
         Ok(())
     }
 }
