@@ -38,7 +38,7 @@ pub enum CmdError {
     Config(#[from] ConfigError),
     #[error("cannot read the env file {path}: {err}")]
     EnvFile { path: PathBuf, err: String },
-    #[error("no bucket: set AUTHENTIK_STORAGE__S3__BUCKET_NAME (or AUTHENTIK_STORAGE__{usage}__S3__BUCKET_NAME), or pass --bucket")]
+    #[error("no bucket: set AUTHENTIK_STORAGE__S3__BUCKET_NAME (or AUTHENTIK_STORAGE__{usage}__S3__BUCKET_NAME), or name it (--bucket; mount: BUCKET[:PREFIX])")]
     NoBucket { usage: String },
     #[error("{0}")]
     Usage(String),
