@@ -362,6 +362,23 @@ fn check_passes_every_action_and_the_cors_answer_with_a_read_write_key() {
     assert_eq!(s3().keys(&p), vec![format!("{p}ok.svg")]);
     assert!(s3().multipart_uploads(&p).is_empty());
 
+    // an origin without a CORS rule fails, and the fix names setup
+    let other = "http://not-allowed.test";
+    let r = bucketfs(&["check", "--origin", other, "--prefix", &p], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        check_results(&r)
+            .get(&format!("CORS GET from {other}"))
+            .map(String::as_str),
+        Some("FAIL"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("fix: bucketfs setup --origin {other}")),
+        "{r:?}"
+    );
+
     // an object without a type fails the audit, with the fix named
     s3().put_typed(&format!("{p}bad.png"), "png", Some("binary/octet-stream"));
     let r = bucketfs(&["check", "--prefix", &p], &[]);
@@ -780,6 +797,30 @@ fn backend_switch_file_to_s3_on_the_same_bucket_with_nothing_copied() {
             "{h:?}"
         );
     }
+}
+
+#[test]
+fn an_unreachable_endpoint_is_one_line_and_fast() {
+    let t = std::time::Instant::now();
+    let r = bucketfs(
+        &["check"],
+        &[(
+            "AUTHENTIK_STORAGE__S3__ENDPOINT",
+            Some("http://127.0.0.1:1"),
+        )],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("cannot reach the S3 endpoint http://127.0.0.1:1"),
+        "{r:?}"
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[test]

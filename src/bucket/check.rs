@@ -542,6 +542,7 @@ pub fn run(a: &CheckArgs) -> Result<i32, CmdError> {
         .map(|o| super::setup::validate_origin(o))
         .collect::<Result<Vec<_>, _>>()?;
     let ctx = Ctx::new(&a.s3)?;
+    ctx.ensure_reachable()?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

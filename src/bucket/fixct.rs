@@ -286,6 +286,7 @@ fn show(t: &Option<String>) -> &str {
 
 pub fn run(a: &FixArgs) -> Result<i32, CmdError> {
     let ctx = Ctx::new(&a.s3)?;
+    ctx.ensure_reachable()?;
     let progress = Progress::new("objects checked");
     let threshold = a.multipart_threshold_mib.max(5) * MIB;
     let dry = a.dry_run;

@@ -286,6 +286,29 @@ impl Ctx {
         &self.settings.bucket
     }
 
+    /// Fail fast, with one line, when the endpoint does not answer at all (instead of every
+    /// later call retrying into its timeout).
+    pub fn ensure_reachable(&self) -> Result<(), CmdError> {
+        use aws_sdk_s3::error::SdkError;
+        let r = self.rt.block_on(
+            self.store
+                .client()
+                .list_objects_v2()
+                .bucket(self.bucket())
+                .max_keys(1)
+                .send(),
+        );
+        match r {
+            Err(SdkError::DispatchFailure(_)) | Err(SdkError::TimeoutError(_)) => {
+                Err(CmdError::Failed(format!(
+                    "cannot reach the S3 endpoint {}: check ENDPOINT (or AWS_ENDPOINT_URL) and that the server is running",
+                    self.endpoint_desc()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// What the operator should look at when a request cannot reach the store.
     pub fn endpoint_desc(&self) -> String {
         self.settings

@@ -191,6 +191,7 @@ pub fn run(a: &SetupArgs) -> Result<i32, CmdError> {
         .map(|o| validate_origin(o))
         .collect::<Result<Vec<_>, _>>()?;
     let ctx = Ctx::new(&a.s3)?;
+    ctx.ensure_reachable()?;
     let bucket = ctx.bucket().to_string();
     let client = ctx.store.client().clone();
     let mut changed = false;
