@@ -355,7 +355,7 @@ fn fstab_mount_through_mount_helper() {
     fs::write(
         &envf,
         format!(
-            "# credentials for the fstab mount\nAWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY=\"{}\"\nAWS_CONFIG_FILE=/dev/null\nAWS_SHARED_CREDENTIALS_FILE=/dev/null\nAWS_EC2_METADATA_DISABLED=true\n",
+            "# credentials for the fstab mount\nAWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY=\"{}\"\nAWS_CONFIG_FILE=/dev/null\nAWS_SHARED_CREDENTIALS_FILE=/dev/null\nAWS_EC2_METADATA_DISABLED=true\n# the same file serves bucketfs@.service: fstab's uid/allow_other win over these\nBUCKETFS_BUCKET=ignored-by-fstab\nBUCKETFS_OPTIONS=--uid 33 --allow-other --metadata-ttl 2\n",
             srv.access_key, srv.secret_key
         ),
     )

@@ -282,6 +282,39 @@ fn plan(inv: &Invocation) -> Result<Plan, HelperError> {
     Ok(p)
 }
 
+/// `base` (`mount SPEC DIR` and the flags from fstab) with the flags of `BUCKETFS_OPTIONS`
+/// that fstab does not set (fstab wins; bucketfs refuses a flag given twice).
+fn merge_flags(base: &[String], extra: &str) -> Vec<String> {
+    let name = |t: &str| t.split('=').next().unwrap_or(t).to_string();
+    let given: Vec<String> = base
+        .iter()
+        .skip(3)
+        .filter(|t| t.starts_with("--"))
+        .map(|t| name(t))
+        .collect();
+    let mut out: Vec<String> = base.iter().take(3).cloned().collect();
+    let tokens: Vec<&str> = extra.split_whitespace().collect();
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = tokens[i];
+        // a flag and, unless it is `--flag=value` or the next token is a flag, its value
+        let mut end = i + 1;
+        if t.starts_with("--") && !t.contains('=') {
+            if let Some(v) = tokens.get(i + 1) {
+                if !v.starts_with("--") {
+                    end = i + 2;
+                }
+            }
+        }
+        if !(t.starts_with("--") && given.contains(&name(t))) {
+            out.extend(tokens[i..end].iter().map(|s| s.to_string()));
+        }
+        i = end;
+    }
+    out.extend(base.iter().skip(3).cloned());
+    out
+}
+
 fn path_arg(p: &Path) -> Result<String, HelperError> {
     p.to_str()
         .map(str::to_string)
@@ -420,10 +453,13 @@ fn run(argv: &[String]) -> Result<(), HelperError> {
         })?;
         env = parse_environment_file(p, &text)?;
     }
-    let mut args = plan.args.clone();
-    if let Some((_, extra)) = env.iter().rev().find(|(k, _)| k == "BUCKETFS_OPTIONS") {
-        args.extend(extra.split_whitespace().map(str::to_string));
-    }
+    let extra = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "BUCKETFS_OPTIONS")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let args = merge_flags(&plan.args, extra);
     let bin = daemon_binary();
     if inv.verbose {
         // The command line never holds secrets (they come from the environment file).
@@ -673,6 +709,23 @@ mod tests {
             assert_eq!(e.status(), EX_USAGE);
         }
         assert!(split_options("a=\"b,c").is_err());
+    }
+
+    #[test]
+    fn environment_options_merge_under_fstab_ones() {
+        let base = argv("mount b /data --allow-other --uid 1000 --read-only");
+        assert_eq!(
+            merge_flags(
+                &base,
+                "--endpoint http://x --uid 33 --allow-other --force-path-style --gid=5 --metadata-ttl 2"
+            ),
+            argv("mount b /data --endpoint http://x --force-path-style --gid=5 --metadata-ttl 2 --allow-other --uid 1000 --read-only")
+        );
+        assert_eq!(merge_flags(&base, ""), base);
+        assert_eq!(
+            merge_flags(&argv("mount b /d --gid 1"), "--gid=2 --uid 3"),
+            argv("mount b /d --uid 3 --gid 1")
+        );
     }
 
     #[test]
