@@ -51,8 +51,16 @@ pub fn plain_url(i: &UrlInputs, key: &str) -> Result<url::Url, String> {
             String::new(),
         ),
     };
-    // a dotted bucket cannot be a TLS host label
-    let virtual_host = !i.path_style && (!i.bucket.contains('.') || scheme != "https");
+    // a dotted bucket cannot be a TLS host label; an IP address has no subdomains (the SDK
+    // sends path-style requests there too)
+    let ip_host = host
+        .rsplit_once(':')
+        .map_or(host.as_str(), |(h, _)| h)
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+        || host.starts_with('[');
+    let virtual_host = !i.path_style && !ip_host && (!i.bucket.contains('.') || scheme != "https");
     let (host, path) = if virtual_host {
         (format!("{}.{host}", i.bucket), format!("{base}/{enc}"))
     } else {
@@ -249,6 +257,18 @@ mod tests {
         assert_eq!(
             plain_url(&v, "x.png").unwrap().as_str(),
             "https://authentik-data.s3.example.com/x.png"
+        );
+    }
+
+    #[test]
+    fn ip_endpoints_stay_path_style() {
+        let v = UrlInputs {
+            path_style: false,
+            ..base()
+        };
+        assert_eq!(
+            plain_url(&v, "k").unwrap().as_str(),
+            "http://127.0.0.1:9000/authentik-data/k"
         );
     }
 
