@@ -30,6 +30,8 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::primitives::ByteStream;
 
+pub mod proxy;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_bucketfs");
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -1350,4 +1352,158 @@ impl S3 {
         v.sort();
         v
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// more direct-S3 helpers (metadata, ranges), for tests/semantics.rs, durability.rs, interop.rs
+
+impl S3 {
+    /// User metadata (`x-amz-meta-*`, names without the prefix, lower case), or None if absent.
+    pub fn meta(&self, key: &str) -> Option<HashMap<String, String>> {
+        block_on(async {
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(o) => Some(
+                    o.metadata()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+                Err(e) => {
+                    if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
+                        return None;
+                    }
+                    panic!(
+                        "HeadObject {key:?}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    )
+                }
+            }
+        })
+    }
+
+    /// PutObject with user metadata (names without `x-amz-meta-`).
+    pub fn put_meta(&self, key: &str, body: impl Into<Vec<u8>>, meta: &[(&str, &str)]) {
+        let body: Vec<u8> = body.into();
+        block_on(async {
+            let mut r = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(ByteStream::from(body));
+            for (k, v) in meta {
+                r = r.metadata(*k, *v);
+            }
+            r.send().await
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "PutObject {key:?}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        });
+    }
+
+    /// Bytes `start..start+len` of `key` (ranged GET).
+    pub fn get_range(&self, key: &str, start: u64, len: u64) -> Vec<u8> {
+        block_on(async {
+            let o = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .range(format!("bytes={}-{}", start, start + len - 1))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "GetObject {key:?} range: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    )
+                });
+            o.body
+                .collect()
+                .await
+                .expect("read body")
+                .into_bytes()
+                .to_vec()
+        })
+    }
+
+    /// Abort every open multipart upload under `prefix` (test cleanup).
+    pub fn abort_uploads(&self, prefix: &str) {
+        let r = block_on(
+            self.client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .send(),
+        );
+        if let Ok(r) = r {
+            for u in r.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    let _ = block_on(
+                        self.client
+                            .abort_multipart_upload()
+                            .bucket(&self.bucket)
+                            .key(k)
+                            .upload_id(id)
+                            .send(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// sha256 of `data` as hex (via `sha256sum`, no extra crate).
+pub fn sha256_hex(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(data).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Poll `f` every 50 ms until it returns Some or `within` has passed; returns the value and the
+/// time it took, or None.
+pub fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<(T, Duration)> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some((v, start.elapsed()));
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `Some(kB)` of a field (`VmRSS`, `VmHWM`, ...) of /proc/PID/status.
+pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
