@@ -886,3 +886,39 @@ fn systemd_units_pass_systemd_analyze_verify() {
     assert!(!ok && text.contains("LoadCredentials"), "{text}");
     let _ = fs::remove_dir_all(&sc.base);
 }
+
+/// The same on every server: a read pinned to the version that was opened fails once the
+/// object is replaced (412 → ESTALE); each failed GetObject is one log line.
+#[test]
+fn failed_read_of_a_replaced_object_is_one_line_per_request() {
+    let t = scratch();
+    let key = format!("{t}/replaced.bin");
+    s3().put(&key, random_bytes(12 << 20));
+    let m = Mount::new();
+    let mut f = fs::File::open(m.p(&key)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_exact(&mut buf).unwrap();
+    s3().put(&key, random_bytes(12 << 20));
+    let r = std::os::unix::fs::FileExt::read_at(&f, &mut buf, 10 << 20);
+    let e = r.expect_err("a read of a replaced object must fail, not mix versions");
+    assert_eq!(errno_of(&e), libc::ESTALE, "{e}");
+    drop(f);
+    let log = m.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("S3 request failed") && l.contains(&key))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no line for the failed GetObject:\n{log}"
+    );
+    eprintln!("failed-request lines:\n{}", lines.join("\n"));
+    for l in &lines {
+        assert!(
+            l.contains("op=\"GetObject\"") && l.contains("error="),
+            "{l}"
+        );
+    }
+    let srv = server();
+    assert!(!log.contains(&srv.secret_key), "{log}");
+}
