@@ -629,6 +629,14 @@ pub fn load(inputs: &Inputs<'_>, flags: &Flags, usage: Usage) -> Result<Config, 
         }
     }
     if let Some(b) = &flags.bucket {
+        if !valid_bucket(b) {
+            return Err(invalid(
+                "--bucket",
+                format!(
+                    "`{b}` is not a valid bucket name (3-63 lower-case letters, digits, `-`, `.`)"
+                ),
+            ));
+        }
         bucket_name = Some(Sourced::new(b.clone(), Source::Flag("BUCKET argument")));
     }
 
