@@ -88,12 +88,21 @@ fn is_mount_point(p: &Path) -> bool {
 
 /// The mount point must exist, be a directory, and not be mounted already.
 pub fn check_mountpoint(p: &Path) -> Result<PathBuf, StartError> {
-    let canon = std::fs::canonicalize(p).map_err(|_| {
-        StartError(format!(
-            "mount point {} does not exist: create it with `mkdir -p {}`",
-            p.display(),
-            p.display()
-        ))
+    let canon = std::fs::canonicalize(p).map_err(|e| {
+        StartError(if e.raw_os_error() == Some(libc::ENOTCONN) {
+            // A FUSE daemon died and left its mount behind.
+            format!(
+                "mount point {} holds a dead FUSE mount: clear it with `fusermount3 -u {}`",
+                p.display(),
+                p.display()
+            )
+        } else {
+            format!(
+                "mount point {} does not exist: create it with `mkdir -p {}`",
+                p.display(),
+                p.display()
+            )
+        })
     })?;
     if !canon.is_dir() {
         return Err(StartError(format!(

@@ -606,8 +606,8 @@ mod tests {
             MemoryBudget::new(64 * MIB),
             cfg(),
         );
-        v.write(6 * MIB as u64, b"mid").await.unwrap();
-        v.truncate(12 * MIB as u64).unwrap();
+        v.write(6 * MIB, b"mid").await.unwrap();
+        v.truncate(12 * MIB).unwrap();
         v.commit().await.unwrap();
         let mut want = old.clone();
         want[6 * MIB as usize..6 * MIB as usize + 3].copy_from_slice(b"mid");
