@@ -242,6 +242,49 @@ const SIGV4_HEADERS: &[&str] = &[
     "x-amz-security-token",
 ];
 
+/// Replace the SigV4 headers of `req` with a V2 `Date` + `Authorization` (and the session
+/// token, if any), signed for `bucket` at `date`.
+pub fn resign(
+    req: &mut aws_smithy_runtime_api::http::Request,
+    bucket: &str,
+    creds: &Credentials,
+    date: &str,
+) -> Result<(), SigV2Error> {
+    for h in SIGV4_HEADERS {
+        req.headers_mut().remove(*h);
+    }
+    req.headers_mut().insert("date", date.to_string());
+    if let Some(t) = creds.session_token() {
+        let v = http::HeaderValue::from_str(t).map_err(|_| SigV2Error::BadHeader)?;
+        req.headers_mut().insert("x-amz-security-token", v);
+    }
+    let uri: http::Uri = req.uri().parse().map_err(|_| SigV2Error::BadHeader)?;
+    let host = uri.host().unwrap_or("");
+    let resource = canonical_resource(
+        virtual_bucket(host, bucket),
+        uri.path(),
+        uri.query().unwrap_or(""),
+    );
+    let headers = req.headers();
+    let amz = canonical_amz_headers(headers.iter());
+    let sts = string_to_sign(
+        req.method(),
+        headers.get("content-md5").unwrap_or(""),
+        headers.get("content-type").unwrap_or(""),
+        date,
+        &amz,
+        &resource,
+    );
+    let auth = format!(
+        "AWS {}:{}",
+        creds.access_key_id(),
+        signature(creds.secret_access_key(), &sts)
+    );
+    let v = http::HeaderValue::from_str(&auth).map_err(|_| SigV2Error::BadHeader)?;
+    req.headers_mut().insert("authorization", v);
+    Ok(())
+}
+
 impl Intercept for SigV2Interceptor {
     fn name(&self) -> &'static str {
         "bucketfs-sigv2"
@@ -254,40 +297,12 @@ impl Intercept for SigV2Interceptor {
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let creds = self.slot.read().clone().ok_or(SigV2Error::NoCredentials)?;
-        let req = context.request_mut();
-        for h in SIGV4_HEADERS {
-            req.headers_mut().remove(*h);
-        }
-        let date = http_date(SystemTime::now());
-        req.headers_mut().insert("date", date.clone());
-        if let Some(t) = creds.session_token() {
-            let v = http::HeaderValue::from_str(t).map_err(|_| SigV2Error::BadHeader)?;
-            req.headers_mut().insert("x-amz-security-token", v);
-        }
-        let uri: http::Uri = req.uri().parse().map_err(|_| SigV2Error::BadHeader)?;
-        let host = uri.host().unwrap_or("");
-        let resource = canonical_resource(
-            virtual_bucket(host, &self.bucket),
-            uri.path(),
-            uri.query().unwrap_or(""),
-        );
-        let headers = req.headers();
-        let amz = canonical_amz_headers(headers.iter());
-        let sts = string_to_sign(
-            req.method(),
-            headers.get("content-md5").unwrap_or(""),
-            headers.get("content-type").unwrap_or(""),
-            &date,
-            &amz,
-            &resource,
-        );
-        let auth = format!(
-            "AWS {}:{}",
-            creds.access_key_id(),
-            signature(creds.secret_access_key(), &sts)
-        );
-        let v = http::HeaderValue::from_str(&auth).map_err(|_| SigV2Error::BadHeader)?;
-        req.headers_mut().insert("authorization", v);
+        resign(
+            context.request_mut(),
+            &self.bucket,
+            &creds,
+            &http_date(SystemTime::now()),
+        )?;
         Ok(())
     }
 }
@@ -402,6 +417,95 @@ mod tests {
             canonical_resource(None, "/b/", "list-type=2&delimiter=%2F"),
             "/b/"
         );
+    }
+
+    fn sdk_request(
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> aws_smithy_runtime_api::http::Request {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let r = b
+            .body(aws_smithy_types::body::SdkBody::empty())
+            .expect("request");
+        aws_smithy_runtime_api::http::Request::try_from(r).expect("smithy request")
+    }
+
+    #[test]
+    fn resign_replaces_the_sigv4_headers_of_an_sdk_request() {
+        // what the SDK sends after SigV4 signing, virtual-hosted
+        let mut req = sdk_request(
+            "PUT",
+            "https://johnsmith.s3.amazonaws.com/photos/puppy.jpg?x-id=PutObject",
+            &[
+                ("content-type", "image/jpeg"),
+                (
+                    "authorization",
+                    "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/...",
+                ),
+                ("x-amz-date", "20070327T211545Z"),
+                ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+                ("amz-sdk-invocation-id", "abc"),
+            ],
+        );
+        let creds = Credentials::new("AKIAIOSFODNN7EXAMPLE", SECRET, None, None, "t");
+        resign(
+            &mut req,
+            "johnsmith",
+            &creds,
+            "Tue, 27 Mar 2007 21:15:45 +0000",
+        )
+        .unwrap();
+        assert_eq!(
+            req.headers().get("authorization"),
+            Some("AWS AKIAIOSFODNN7EXAMPLE:MyyxeRY7whkBe+bq8fHCL/2kKUg=")
+        );
+        assert_eq!(
+            req.headers().get("date"),
+            Some("Tue, 27 Mar 2007 21:15:45 +0000")
+        );
+        assert!(req.headers().get("x-amz-date").is_none());
+        assert!(req.headers().get("x-amz-content-sha256").is_none());
+
+        // path-style, with a session token: the token is signed as an amz header
+        let mut req = sdk_request(
+            "GET",
+            "http://127.0.0.1:9000/johnsmith/photos/puppy.jpg",
+            &[("x-amz-security-token", "stale")],
+        );
+        let creds = Credentials::new(
+            "AKIAIOSFODNN7EXAMPLE",
+            SECRET,
+            Some("token-1".into()),
+            None,
+            "t",
+        );
+        resign(
+            &mut req,
+            "johnsmith",
+            &creds,
+            "Tue, 27 Mar 2007 19:36:42 +0000",
+        )
+        .unwrap();
+        let sts = string_to_sign(
+            "GET",
+            "",
+            "",
+            "Tue, 27 Mar 2007 19:36:42 +0000",
+            "x-amz-security-token:token-1\n",
+            "/johnsmith/photos/puppy.jpg",
+        );
+        assert_eq!(
+            req.headers().get("authorization").map(str::to_string),
+            Some(format!(
+                "AWS AKIAIOSFODNN7EXAMPLE:{}",
+                signature(SECRET, &sts)
+            ))
+        );
+        assert_eq!(req.headers().get("x-amz-security-token"), Some("token-1"));
     }
 
     #[test]
