@@ -364,20 +364,24 @@ fn check_passes_every_action_and_the_cors_answer_with_a_read_write_key() {
 
     // an origin without a CORS rule fails, and the fix names setup
     let other = "http://not-allowed.test";
-    let r = bucketfs(&["check", "--origin", other, "--prefix", &p], &[]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert_eq!(
-        check_results(&r)
-            .get(&format!("CORS GET from {other}"))
-            .map(String::as_str),
-        Some("FAIL"),
-        "{r:?}"
-    );
-    assert!(
-        r.stdout
-            .contains(&format!("fix: bucketfs setup --origin {other}")),
-        "{r:?}"
-    );
+    if is(Kind::Moto) {
+        skip("moto_server answers every Origin with Access-Control-Allow-Origin, whatever the bucket's CORS rules (AWS: no header for an origin no rule allows)");
+    } else {
+        let r = bucketfs(&["check", "--origin", other, "--prefix", &p], &[]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert_eq!(
+            check_results(&r)
+                .get(&format!("CORS GET from {other}"))
+                .map(String::as_str),
+            Some("FAIL"),
+            "{r:?}"
+        );
+        assert!(
+            r.stdout
+                .contains(&format!("fix: bucketfs setup --origin {other}")),
+            "{r:?}"
+        );
+    }
 
     // an object without a type fails the audit, with the fix named
     s3().put_typed(&format!("{p}bad.png"), "png", Some("binary/octet-stream"));
