@@ -141,10 +141,13 @@ impl Reader {
             self.spawn(next, stop, mem);
             next = stop;
         }
-        // Read-ahead: only with memory that is free right now.
+        // Read-ahead: only with memory that is free right now. Always whole steps (the last
+        // may pass the target by less than one): topping up to the exact target would send
+        // one GET the size of each application read once the window is full.
         let target = (end + self.window).min(self.size);
+        let step = self.cfg.chunk.min(self.window);
         while next < target {
-            let stop = (next + self.cfg.chunk.min(self.window)).min(target);
+            let stop = (next + step).min(self.size);
             let Some(mem) = self.budget.try_reserve(stop - next) else {
                 break;
             };
@@ -255,6 +258,36 @@ mod tests {
         assert!(r.read(data.len() as u64, 10).await.unwrap().is_empty());
         drop(r);
         assert_eq!(budget.used_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_window_is_refilled_in_whole_chunks() {
+        // 64 MiB read in 256 KiB steps, 2 MiB chunks: whole chunks, not one GET per read.
+        use crate::store::fault::{FaultStore, Op};
+        let mem = Arc::new(MemStore::new());
+        let size = 64 * 1024 * 1024u64;
+        mem.insert("f", &vec![7u8; size as usize]);
+        let tag = mem.head_sync("f");
+        let store = Arc::new(FaultStore::new(mem));
+        let cfg = ReadConfig {
+            first_window: 256 * 1024,
+            max_window: 8 << 20,
+            chunk: 2 << 20,
+        };
+        let mut r = Reader::new(
+            store.clone(),
+            "f".into(),
+            tag,
+            size,
+            MemoryBudget::new(64 << 20),
+            cfg,
+        );
+        let mut off = 0;
+        while off < size {
+            off += r.read(off, 256 * 1024).await.unwrap().len() as u64;
+        }
+        let gets = store.calls().iter().filter(|o| **o == Op::Get).count();
+        assert!(gets <= 40, "{gets} GETs for 32 chunks");
     }
 
     #[tokio::test]
