@@ -119,6 +119,8 @@ impl OpenFlags {
 
 pub(crate) struct FileHandle {
     ino: u64,
+    /// Bytes were returned: the pinned version may no longer change.
+    served: bool,
     reader: Option<Reader>,
     writer: Option<Version>,
 }
@@ -1014,7 +1016,7 @@ impl Fs {
         self.handles.lock().remove(&fh);
     }
 
-    fn new_reader(&self, ino: u64) -> FsResult<Reader> {
+    pub(super) fn new_reader(&self, ino: u64) -> FsResult<Reader> {
         let t = self.inodes.lock();
         let n = t.get(ino).ok_or(FsError::NotFound)?;
         let m = n.meta.as_ref();
@@ -1038,20 +1040,43 @@ impl Fs {
         if f.writer.is_some() {
             return Self::read_version(&f, offset, size).await;
         }
-        let etag = self
-            .inodes
-            .lock()
-            .get(ino)
-            .and_then(|n| n.meta.as_ref().and_then(|m| m.etag.clone()));
-        let stale = match &f.reader {
-            Some(r) => r.etag() != etag.as_deref(),
-            None => true,
-        };
-        if stale {
+        // Pinned at open: a handle reads the version it opened, or fails (ESTALE).
+        if f.reader.is_none() {
             f.reader = Some(self.new_reader(ino)?);
         }
         let r = f.reader.as_mut().ok_or(FsError::BadHandle)?;
-        Ok(r.read(offset, size).await?)
+        match r.read(offset, size).await {
+            Ok(b) => {
+                f.served = true;
+                Ok(b)
+            }
+            Err(StoreError::PreconditionFailed) if !f.served => {
+                // Opened from a cached version that another client has since replaced, and
+                // nothing read yet: pin the current version instead.
+                self.refresh_file(ino).await?;
+                let mut r = self.new_reader(ino)?;
+                let b = r.read(offset, size).await?;
+                f.reader = Some(r);
+                f.served = true;
+                Ok(b)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Re-reads a file's attributes from the bucket (HEAD).
+    async fn refresh_file(&self, ino: u64) -> FsResult<()> {
+        let key = {
+            let t = self.inodes.lock();
+            t.get(ino).ok_or(FsError::NotFound)?.key.clone()
+        };
+        let info = self.store.head(&key).await?;
+        let m = FileMeta::from_info(&info, true);
+        if let Some(n) = self.inodes.lock().get_mut(ino) {
+            n.meta = Some(m.clone());
+        }
+        self.object_changed(&key, Lookup::File(m));
+        Ok(())
     }
 
     /// Flushes every handle with unsaved data (unmount, SIGTERM). Returns what failed.

@@ -422,3 +422,21 @@ async fn symlinks_in_s3fs_format_and_metadata_from_head() {
     let l = fs2.lookup(ROOT, b"link").await.unwrap();
     assert_eq!(l.kind, Kind::Symlink);
 }
+
+#[tokio::test]
+async fn a_reader_keeps_its_version_or_fails_and_a_fresh_open_sees_the_new_one() {
+    let (store, fs) = setup();
+    store.insert("f", b"version-one");
+    let a = fs.lookup(ROOT, b"f").await.unwrap();
+    let fh = fs.open(a.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 7).await.unwrap()[..], b"version");
+    store.insert("f", b"VERSION-TWO");
+    // Same handle: never a mix of the two versions.
+    let e = fs.read(fh, 7, 100).await.unwrap_err();
+    assert_eq!(e.errno(), libc::ESTALE);
+    fs.release(fh).await.unwrap();
+    // A new open whose cached attributes are stale reads the current version.
+    let fh = fs.open(a.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"VERSION-TWO");
+    fs.release(fh).await.unwrap();
+}

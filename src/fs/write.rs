@@ -60,10 +60,17 @@ impl Fs {
     }
 
     fn file_handle(&self, ino: u64, writer: Option<Version>) -> u64 {
+        // A reader is pinned to the version current at open (no request is made here).
+        let reader = if writer.is_none() {
+            self.new_reader(ino).ok()
+        } else {
+            None
+        };
         self.add_handle(Handle::File(Box::new(tokio::sync::Mutex::new(
             FileHandle {
                 ino,
-                reader: None,
+                served: false,
+                reader,
                 writer,
             },
         ))))
