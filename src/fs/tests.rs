@@ -426,13 +426,15 @@ async fn symlinks_in_s3fs_format_and_metadata_from_head() {
 #[tokio::test]
 async fn a_reader_keeps_its_version_or_fails_and_a_fresh_open_sees_the_new_one() {
     let (store, fs) = setup();
-    store.insert("f", b"version-one");
+    let one = vec![1u8; MIB];
+    store.insert("f", &one);
     let a = fs.lookup(ROOT, b"f").await.unwrap();
     let fh = fs.open(a.ino, libc::O_RDONLY).await.unwrap();
-    assert_eq!(&fs.read(fh, 0, 7).await.unwrap()[..], b"version");
+    assert_eq!(&fs.read(fh, 0, 4096).await.unwrap()[..], &one[..4096]);
     store.insert("f", b"VERSION-TWO");
-    // Same handle: never a mix of the two versions.
-    let e = fs.read(fh, 7, 100).await.unwrap_err();
+    // Same handle: bytes already fetched are the old version; a new request fails rather
+    // than return bytes of the other version.
+    let e = fs.read(fh, 900 * 1024, 4096).await.unwrap_err();
     assert_eq!(e.errno(), libc::ESTALE);
     fs.release(fh).await.unwrap();
     // A new open whose cached attributes are stale reads the current version.
