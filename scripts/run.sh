@@ -58,8 +58,10 @@ done
 grep -q " $MNT fuse" /proc/mounts || { cat "$STATE/bucketfs.log" >&2; exit 1; }
 
 # authentik's layout: the file backend writes /data/media/public/... and /data/reports/public/...
-mkdir -p "$MNT/media/public/application-icons" "$MNT/reports/public"
-printf '<svg xmlns="http://www.w3.org/2000/svg"/>' >"$MNT/media/public/application-icons/example.svg"
+# (as authentik's uid, so the service user owns what it will write into)
+as_svc() { setpriv --reuid "${BUCKETFS_UID:-1000}" --regid "${BUCKETFS_GID:-1000}" --clear-groups -- "$@"; }
+as_svc mkdir -p "$MNT/media/public/application-icons" "$MNT/reports/public"
+as_svc sh -c "printf '<svg xmlns=\"http://www.w3.org/2000/svg\"/>' >'$MNT/media/public/application-icons/example.svg'"
 cat <<TXT
 
 bucketfs is up.
@@ -67,5 +69,5 @@ bucketfs is up.
   try         : ls -lR $MNT; cat $MNT/media/public/application-icons/example.svg
   the bucket  : source $STATE/server/env && aws --endpoint-url \$AWS_ENDPOINT_URL s3 ls --recursive s3://\$BUCKETFS_TEST_BUCKET
   logs        : $STATE/bucketfs.log
-  stop        : scripts/run.sh stop      (or: fusermount3 -u $MNT)
+  stop        : scripts/run.sh stop      (unmounts, then stops the S3 server)
 TXT

@@ -74,7 +74,7 @@ for s in $SERVERS; do
   # timeout signals the whole process group: the test binary dies, its S3 server and bucketfs
   # daemons follow through PDEATHSIG.
   BUCKETFS_TEST_SERVER=$s timeout -k 30 "$TIMEOUT" \
-    cargo test --test '*' -- --test-threads="$THREADS" "${FILTER[@]}"
+    cargo test --no-fail-fast --test '*' -- --test-threads="$THREADS" "${FILTER[@]}"
   rc=$?
   if ! sweep_mounts; then rc=${rc/#0/1}; fi
   if [ "$rc" = 0 ]; then

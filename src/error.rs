@@ -24,6 +24,8 @@ pub enum FsError {
     Unsupported(&'static str),
     #[error("bad file handle")]
     BadHandle,
+    #[error("larger than the largest object S3 can hold")]
+    TooBig,
     #[error("staging: {1}")]
     Staging(i32, String),
     #[error(transparent)]
@@ -43,6 +45,7 @@ impl FsError {
             FsError::Busy(_) => libc::EBUSY,
             FsError::Unsupported(_) => libc::ENOTSUP,
             FsError::BadHandle => libc::EBADF,
+            FsError::TooBig => libc::EFBIG,
             FsError::Staging(errno, _) => *errno,
             FsError::Store(e) => e.errno(),
         }

@@ -9,10 +9,22 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Mount(args) => {
+            const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+            if !LEVELS.contains(&args.log_level.to_ascii_lowercase().as_str()) {
+                eprintln!(
+                    "bucketfs: --log-level `{}` is not one of error, warn, info, debug, trace",
+                    args.log_level
+                );
+                std::process::exit(service::EXIT_USAGE);
+            }
             let filter =
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                    // fuser logs a harmless error when the kernel already unmounted.
-                    tracing_subscriber::EnvFilter::new(format!("{},fuser::mnt=off", args.log_level))
+                    // fuser logs a harmless error when the kernel already unmounted; the AWS
+                    // credential chain warns at length about each source it tries.
+                    tracing_subscriber::EnvFilter::new(format!(
+                        "{},fuser::mnt=off,fuser::reply=off,aws_config=error",
+                        args.log_level.to_ascii_lowercase()
+                    ))
                 });
             tracing_subscriber::fmt()
                 .with_env_filter(filter)

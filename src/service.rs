@@ -141,11 +141,17 @@ pub async fn preflight(
         StoreError::NoSuchBucket => format!(
             "bucket `{bucket}` does not exist at {endpoint}: create it, or check the name, --region and --endpoint"
         ),
+        StoreError::AccessDenied(code) if code == crate::store::s3::NO_CREDENTIALS => format!(
+            "no AWS credentials found for {endpoint}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AUTHENTIK_STORAGE__S3__ACCESS_KEY/SECRET_KEY), a profile (--profile, AWS_PROFILE), or run where a role is available"
+        ),
         StoreError::AccessDenied(code) => format!(
             "the endpoint {endpoint} refused the credentials for bucket `{bucket}` ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile, and that the key may list the bucket"
         ),
         StoreError::Unreachable(_) | StoreError::Timeout(_) => format!(
             "cannot reach the S3 endpoint {endpoint}: check --endpoint / AWS_ENDPOINT_URL and that the server is running"
+        ),
+        StoreError::NotFound => format!(
+            "the endpoint {endpoint} answered a listing of bucket `{bucket}` with 404 and no S3 error: is it an S3 endpoint (path-style needs --force-path-style)?"
         ),
         other => format!("the S3 endpoint {endpoint} rejected a listing of bucket `{bucket}`: {other}"),
     }))

@@ -129,7 +129,11 @@ pub struct Version {
     sealed: BTreeSet<i32>,
     inflight: JoinSet<PartResult>,
     inflight_parts: BTreeSet<i32>,
-    failed: Option<StoreError>,
+    /// A write or truncate failed and the application was told: this version is not what
+    /// it meant to write, so it must never reach the bucket.
+    poisoned: Option<&'static str>,
+    /// Eager part uploads stopped after a failure; commit sends the parts again.
+    eager_paused: bool,
     dirty: bool,
 }
 
@@ -162,7 +166,8 @@ impl Version {
             sealed: BTreeSet::new(),
             inflight: JoinSet::new(),
             inflight_parts: BTreeSet::new(),
-            failed: None,
+            poisoned: None,
+            eager_paused: false,
             dirty: false,
         }
     }
@@ -201,8 +206,16 @@ impl Version {
     }
 
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), VersionError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone().into());
+        let r = self.write_inner(offset, data).await;
+        if r.is_err() {
+            self.poisoned = Some("an earlier write to this file failed");
+        }
+        r
+    }
+
+    async fn write_inner(&mut self, offset: u64, data: &[u8]) -> Result<(), VersionError> {
+        if let Some(why) = self.poisoned {
+            return Err(StoreError::Other(why.into()).into());
         }
         let end = offset + data.len() as u64;
         if !data.is_empty() {
@@ -218,17 +231,39 @@ impl Version {
         if !self.stage.fits(offset, data.len() as u64) {
             self.seal_behind(offset).await;
         }
-        self.stage.write_at(offset, data)?;
+        match self.stage.write_at(offset, data) {
+            Err(StageError::Io(e)) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                // The staging disk is full: drop what is already uploaded and try once more.
+                self.seal_behind(offset).await;
+                self.stage.write_at(offset, data)?;
+            }
+            r => r?,
+        }
         if end > self.size {
             self.size = end;
         }
         self.bump(offset..end);
         self.dirty = true;
-        self.upload_passed(offset).await
+        if !self.eager_paused {
+            if let Err(e) = self.upload_passed(offset).await {
+                // The bytes are staged: commit sends them again (and reports if it cannot).
+                tracing::debug!(key = %self.key, error = %e, "early part upload failed; retrying at commit");
+                self.eager_paused = true;
+            }
+        }
+        Ok(())
     }
 
     /// Sets the size; bytes past the old end read as zeros.
     pub fn truncate(&mut self, new: u64) -> Result<(), VersionError> {
+        let r = self.truncate_inner(new);
+        if r.is_err() {
+            self.poisoned = Some("an earlier truncate of this file failed");
+        }
+        r
+    }
+
+    fn truncate_inner(&mut self, new: u64) -> Result<(), VersionError> {
         let p = self.cfg.part_size;
         if new < self.size {
             let last = if new == 0 { 0 } else { part_at(p, new - 1) };
@@ -294,25 +329,42 @@ impl Version {
         Ok(id)
     }
 
-    async fn collect_one(&mut self) {
-        if let Some(r) = self.inflight.join_next().await {
-            match r {
-                Ok((n, gen, Ok(etag))) => {
-                    self.inflight_parts.remove(&n);
-                    self.done.insert(n, (etag, gen));
+    /// Waits for one part upload; a failed part stays unsent (commit sends it again).
+    async fn collect_one(&mut self) -> Result<(), StoreError> {
+        match self.inflight.join_next().await {
+            Some(Ok((n, gen, Ok(etag)))) => {
+                self.inflight_parts.remove(&n);
+                self.done.insert(n, (etag, gen));
+                Ok(())
+            }
+            Some(Ok((n, _, Err(e)))) => {
+                self.inflight_parts.remove(&n);
+                Err(e)
+            }
+            Some(Err(e)) => {
+                self.inflight_parts.clear();
+                Err(StoreError::Other(format!("upload task: {e}")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every part upload; returns the first failure.
+    async fn drain(&mut self) -> Result<(), StoreError> {
+        let mut first = Ok(());
+        while !self.inflight.is_empty() {
+            if let Err(e) = self.collect_one().await {
+                if first.is_ok() {
+                    first = Err(e);
                 }
-                Ok((n, _, Err(e))) => {
-                    self.inflight_parts.remove(&n);
-                    self.failed = Some(e);
-                }
-                Err(e) => self.failed = Some(StoreError::Other(format!("upload task: {e}"))),
             }
         }
+        first
     }
 
     async fn spawn_part(&mut self, id: &str, n: i32) -> Result<(), VersionError> {
         while self.inflight.len() >= self.cfg.max_inflight.max(1) {
-            self.collect_one().await;
+            self.collect_one().await?;
         }
         let span = part_span(self.cfg.part_size, n);
         let span = span.start..span.end.min(self.size);
@@ -364,8 +416,8 @@ impl Version {
 
     /// Staging is full: drop the staged bytes of parts already uploaded behind `offset`.
     async fn seal_behind(&mut self, offset: u64) {
-        while !self.inflight.is_empty() {
-            self.collect_one().await;
+        if self.drain().await.is_err() {
+            self.eager_paused = true;
         }
         let p = self.cfg.part_size;
         let current = part_at(p, offset);
@@ -395,28 +447,26 @@ impl Version {
 
     /// Makes the bucket hold exactly this version; returns its ETag.
     pub async fn commit(&mut self) -> Result<Base, VersionError> {
+        if let Some(why) = self.poisoned {
+            self.abort_mpu().await;
+            return Err(StoreError::Other(why.into()).into());
+        }
         let r = self.commit_inner().await;
         if r.is_err() {
             self.abort_mpu().await;
             if !self.sealed.is_empty() {
                 // Bytes only the aborted upload held are gone: this version cannot be retried.
-                self.failed = Some(StoreError::Other(
-                    "upload failed after staging was full".into(),
-                ));
-            } else {
-                self.failed = None;
+                self.poisoned = Some("the upload failed after staging had dropped uploaded parts");
             }
+        } else {
+            self.eager_paused = false;
         }
         r
     }
 
     async fn commit_inner(&mut self) -> Result<Base, VersionError> {
-        while !self.inflight.is_empty() {
-            self.collect_one().await;
-        }
-        if let Some(e) = self.failed.take() {
-            return Err(e.into());
-        }
+        // Early parts that failed are simply sent again below.
+        let _ = self.drain().await;
         let p = self.cfg.part_size;
         let etag = if self.size <= part_span(p, 1).end && self.sealed.is_empty() {
             if self.mpu.is_some() {
@@ -462,16 +512,8 @@ impl Version {
                     }
                     self.spawn_part(&id, n).await?;
                 }
-                if let Some(e) = self.failed.take() {
-                    return Err(e.into());
-                }
             }
-            while !self.inflight.is_empty() {
-                self.collect_one().await;
-            }
-            if let Some(e) = self.failed.take() {
-                return Err(e.into());
-            }
+            self.drain().await?;
             let parts: Vec<CompletedPart> = (1..=last)
                 .map(|n| {
                     self.done

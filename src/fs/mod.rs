@@ -584,14 +584,14 @@ impl Fs {
         if node.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let (empty, marker) = self.dir_is_empty(ino, &node.key).await?;
+        let (empty, _marker) = self.dir_is_empty(ino, &node.key).await?;
         if !empty {
             return Err(FsError::NotEmpty);
         }
-        if marker {
-            // A marker written by another tool would bring the directory back.
-            self.store.delete(&node.key).await?;
-        }
+        // A marker written by another tool would bring the directory back; some servers
+        // (SeaweedFS) also keep an empty folder listed until its `dir/` key is deleted.
+        // Deleting a missing key is a no-op on S3.
+        self.store.delete(&node.key).await?;
         self.inodes.lock().detach(parent, name);
         self.cache.put(&keys::file_key(&dir, name), Lookup::Missing);
         self.cache.dir_changed(&dir);
@@ -810,7 +810,10 @@ impl Fs {
                 self.store.delete(&k).await?;
                 Ok(())
             })
-            .await
+            .await?;
+        // The old directory's own key, as rmdir does (markers, SeaweedFS's empty folders).
+        self.store.delete(from).await?;
+        Ok(())
     }
 
     // ---- setattr ----------------------------------------------------------------------

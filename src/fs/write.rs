@@ -194,6 +194,9 @@ impl Fs {
     }
 
     pub(super) async fn truncate(&self, ino: u64, fh: Option<u64>, size: u64) -> FsResult<()> {
+        if size > crate::upload::max_object_size(self.cfg.part_size) {
+            return Err(FsError::TooBig);
+        }
         if let Some(fh) = fh {
             let h = self.handle(fh)?;
             if let Handle::File(f) = &*h {
@@ -242,6 +245,8 @@ impl Fs {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(key = %v.key(), error = %e, "upload failed; the bucket keeps the previous version");
+                // stat shows what the bucket holds, not the version that did not make it.
+                self.set_pending(ino, None);
                 return Err(e.into());
             }
         };

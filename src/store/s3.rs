@@ -209,6 +209,18 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
+/// What `AccessDenied` carries when no credentials could be found at all.
+pub const NO_CREDENTIALS: &str = "no AWS credentials found";
+
+/// The SDK reports a credential chain that found nothing as a request failure.
+fn is_credentials_error(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("no credentials")
+        || t.contains("credentials provider")
+        || t.contains("failed to load credentials")
+        || t.contains("identity")
+}
+
 /// The SDK's error as a [`StoreError`]: what happened, for the caller's errno.
 fn map_err<E>(e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
 where
@@ -243,6 +255,9 @@ where
         SdkError::TimeoutError(_) => StoreError::Timeout(DisplayErrorContext(&e).to_string()),
         SdkError::DispatchFailure(d) if d.is_timeout() => {
             StoreError::Timeout(DisplayErrorContext(&e).to_string())
+        }
+        _ if is_credentials_error(&DisplayErrorContext(&e).to_string()) => {
+            StoreError::AccessDenied(NO_CREDENTIALS.into())
         }
         SdkError::DispatchFailure(_) => {
             StoreError::Unreachable(DisplayErrorContext(&e).to_string())
