@@ -109,7 +109,21 @@ impl Reader {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let sequential = matches!(self.covered(), Some((s, e)) if offset >= s && offset <= e);
+        // The kernel's read-ahead sends several reads at once and they reach this reader in
+        // any order: one that lands a little past what is covered is the same stream (the gap
+        // is fetched next), not a seek that would throw away the GETs in flight.
+        let ahead = KEEP_BEHIND.max(self.window);
+        let sequential =
+            matches!(self.covered(), Some((s, e)) if offset >= s && offset <= e + ahead);
+        if matches!(self.covered(), Some((s, _)) if offset < s && offset + ahead >= s) {
+            // A straggler of that read-ahead, arriving after the stream moved past it: fetched
+            // on its own, so the stream keeps its window and its GETs in flight.
+            let _mem = self.budget.reserve(end - offset).await;
+            return self
+                .store
+                .get_range(&self.key, offset..end, self.etag.as_deref())
+                .await;
+        }
         if sequential {
             self.window = (self.window * 2).min(self.cfg.max_window);
             while self
@@ -288,6 +302,47 @@ mod tests {
         }
         let gets = store.calls().iter().filter(|o| **o == Op::Get).count();
         assert!(gets <= 40, "{gets} GETs for 32 chunks");
+    }
+
+    #[tokio::test]
+    async fn reads_out_of_order_keep_the_stream() {
+        // The kernel's read-ahead reads reach the reader in any order: a read a little ahead
+        // of the covered range, and a straggler behind it, must not reset the stream.
+        use crate::store::fault::{FaultStore, Op};
+        let mem = Arc::new(MemStore::new());
+        let mib = 1024 * 1024u64;
+        let data: Vec<u8> = (0..(64 * mib) as u32).map(|i| (i % 251) as u8).collect();
+        mem.insert("f", &data);
+        let tag = mem.head_sync("f");
+        let store = Arc::new(FaultStore::new(mem));
+        let cfg = ReadConfig {
+            first_window: 256 * 1024,
+            max_window: 16 * mib,
+            chunk: 4 * mib,
+        };
+        let mut r = Reader::new(
+            store.clone(),
+            "f".into(),
+            tag,
+            64 * mib,
+            MemoryBudget::new(64 * mib),
+            cfg,
+        );
+        // 1 MiB reads in order, but each pair swapped, and every 8th read held back by 6 MiB.
+        let mut order = Vec::new();
+        for i in (0..64u64).step_by(2) {
+            order.extend([i + 1, i]);
+        }
+        for i in (8..64).step_by(8) {
+            let late = order.remove(i);
+            order.insert((i + 6).min(order.len()), late);
+        }
+        for &i in &order {
+            let b = r.read(i * mib, mib as u32).await.unwrap();
+            assert_eq!(&b[..], &data[(i * mib) as usize..((i + 1) * mib) as usize]);
+        }
+        let gets = store.calls().iter().filter(|o| **o == Op::Get).count();
+        assert!(gets <= 30, "{gets} GETs: the stream was reset");
     }
 
     #[tokio::test]
