@@ -51,6 +51,23 @@ else
   SUMMARY+=("unit tests: FAILED"); fail=1
 fi
 
+# The reference-model property test once more, over each real server (fewer cases).
+for s in $SERVERS; do
+  if [ "$s" = garage ] && [ "${BUCKETFS_SKIP_GARAGE:-0}" = 1 ]; then continue; fi
+  banner "model test on $s"
+  t0=$(date +%s)
+  mdir=$(mktemp -d /tmp/bucketfs-model-XXXXXX)
+  if scripts/s3-server.sh start "$s" "$mdir" >"$mdir/start.log" 2>&1 &&
+     ( set -a; . "$mdir/env"; set +a; BUCKETFS_MODEL_S3=1 cargo test --lib on_a_real_server ); then
+    SUMMARY+=("model test on $s: ok ($(( $(date +%s) - t0 )) s)")
+  else
+    cat "$mdir/start.log" >&2 || true
+    SUMMARY+=("model test on $s: FAILED"); fail=1
+  fi
+  scripts/s3-server.sh stop "$s" "$mdir" >/dev/null 2>&1 || true
+  rm -rf "$mdir"
+done
+
 # Lazy-unmount any FUSE mount a killed test binary left behind (only the harness's own dirs).
 sweep_mounts() {
   local left

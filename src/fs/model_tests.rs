@@ -135,14 +135,19 @@ impl Model {
 }
 
 struct Harness {
-    store: Arc<MemStore>,
+    store: Arc<dyn ObjectStore>,
+    /// The in-memory store, when that is the backend (its open uploads are checked too).
+    mem: Option<Arc<MemStore>>,
+    /// Key prefix of this case's mount root (real servers: one per case).
+    prefix: String,
     fs: Fs,
 }
 
-fn new_fs(store: &Arc<MemStore>) -> Fs {
+fn new_fs(store: &Arc<dyn ObjectStore>, prefix: &str) -> Fs {
     Fs::new(
         store.clone(),
         FsConfig {
+            prefix: prefix.to_string(),
             part_size: 5 * 1024 * 1024,
             ttl: Duration::from_secs(30),
             ..FsConfig::default()
@@ -152,6 +157,32 @@ fn new_fs(store: &Arc<MemStore>) -> Fs {
 }
 
 impl Harness {
+    /// What the bucket holds under the mount root, read straight from the store.
+    async fn bucket(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .store
+                .list(&self.prefix, None, token, None)
+                .await
+                .expect("list");
+            for o in page.objects {
+                let data = self
+                    .store
+                    .get_range(&o.key, 0..o.size, None)
+                    .await
+                    .expect("get");
+                out.insert(o.key[self.prefix.len()..].to_string(), data.to_vec());
+            }
+            token = page.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        out
+    }
+
     async fn resolve(&self, path: &str) -> FsResult<u64> {
         let mut ino = ROOT;
         if path.is_empty() {
@@ -396,24 +427,63 @@ async fn step(h: &mut Harness, m: &mut Model, op: &Op) {
             assert_eq!(a.perm as u32, mode);
         }
         Op::Remount => {
-            h.fs = new_fs(&h.store);
+            h.fs = new_fs(&h.store, &h.prefix);
             m.remount();
         }
     }
 }
 
 async fn check(h: &Harness, m: &Model, ops: &[Op]) {
-    let bucket: BTreeMap<String, Vec<u8>> = h
-        .store
-        .snapshot()
-        .into_iter()
-        .map(|(k, v)| (k, v.to_vec()))
-        .collect();
+    let bucket = h.bucket().await;
     assert_eq!(bucket, m.files, "bucket after {ops:?}");
     let (dirs, files) = h.tree().await;
     assert_eq!(files, m.files, "files shown after {ops:?}");
     assert_eq!(dirs, m.dirs, "directories shown after {ops:?}");
-    assert_eq!(h.store.open_uploads(), 0);
+    if let Some(mem) = &h.mem {
+        assert_eq!(mem.open_uploads(), 0);
+    }
+}
+
+async fn run_case(
+    store: Arc<dyn ObjectStore>,
+    mem: Option<Arc<MemStore>>,
+    prefix: String,
+    ops: &[Op],
+) {
+    let fs = new_fs(&store, &prefix);
+    let mut h = Harness {
+        store,
+        mem,
+        prefix,
+        fs,
+    };
+    let mut m = Model::new();
+    for (i, o) in ops.iter().enumerate() {
+        step(&mut h, &mut m, o).await;
+        check(&h, &m, &ops[..=i]).await;
+    }
+}
+
+/// The real server named by the environment `scripts/test.sh` sets up
+/// (`BUCKETFS_MODEL_S3=1` plus AWS_ENDPOINT_URL, keys, BUCKETFS_TEST_BUCKET).
+fn s3_backend() -> Option<(tokio::runtime::Runtime, Arc<dyn ObjectStore>)> {
+    std::env::var_os("BUCKETFS_MODEL_S3")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let settings = crate::store::s3::S3Settings {
+        bucket: std::env::var("BUCKETFS_TEST_BUCKET").expect("BUCKETFS_TEST_BUCKET"),
+        endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
+        region: std::env::var("AWS_REGION").ok(),
+        force_path_style: true,
+        max_attempts: 3,
+        connect_timeout: Duration::from_secs(5),
+        attempt_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let store = rt.block_on(crate::store::s3::S3Store::connect(&settings));
+    Some((rt, Arc::new(store)))
 }
 
 proptest! {
@@ -421,14 +491,23 @@ proptest! {
     #[test]
     fn filesystem_matches_the_model(ops in proptest::collection::vec(op(), 1..24)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        rt.block_on(async {
-            let store = Arc::new(MemStore::new());
-            let mut h = Harness { fs: new_fs(&store), store };
-            let mut m = Model::new();
-            for (i, o) in ops.iter().enumerate() {
-                step(&mut h, &mut m, o).await;
-                check(&h, &m, &ops[..=i]).await;
-            }
-        });
+        let mem = Arc::new(MemStore::new());
+        rt.block_on(run_case(mem.clone(), Some(mem), String::new(), &ops));
+    }
+}
+
+proptest! {
+    // Over a real S3 server: fewer, shorter cases (each one a fresh key prefix).
+    #![proptest_config(ProptestConfig { cases: 16, max_shrink_iters: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn filesystem_matches_the_model_on_a_real_server(ops in proptest::collection::vec(op(), 1..14)) {
+        let Some((rt, store)) = s3_backend() else {
+            return Ok(());
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        rt.block_on(run_case(store, None, format!("model-{nanos}/"), &ops));
     }
 }
