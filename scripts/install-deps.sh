@@ -85,4 +85,16 @@ else
   log "garage ready in $(( $(date +%s) - start )) s"
   exec 9>&-
 fi
+
+# --- pjdfstest (POSIX conformance suite, Rust port; run by scripts/pjdfstest.sh) ---------------
+PJDFSTEST_VERSION=0.2.2
+if [ "${BUCKETFS_SKIP_PJDFSTEST:-0}" = 1 ]; then
+  log "BUCKETFS_SKIP_PJDFSTEST=1: not installing pjdfstest"
+elif "$DEPS/pjdfstest/bin/pjdfstest" --version 2>/dev/null | grep -q "$PJDFSTEST_VERSION"; then
+  log "pjdfstest $PJDFSTEST_VERSION already installed ($DEPS/pjdfstest/bin/pjdfstest)"
+else
+  log "cargo install pjdfstest $PJDFSTEST_VERSION (about 5 min on 2 cores)"
+  CARGO_TARGET_DIR=$DEPS/pjdfstest-target \
+    cargo install "pjdfstest@$PJDFSTEST_VERSION" --locked --root "$DEPS/pjdfstest"
+fi
 log "done"

@@ -792,23 +792,40 @@ fn case18_service_user_writes() {
 fn throttle_transient_is_retried() {
     let proxy = Proxy::for_server();
     let c = Case::with(proxy.mount_opts());
+    s3().put(&c.key("direct.txt"), "put directly");
     proxy.throttle(Throttle::Transient);
     let t0 = Instant::now();
-    write_close(&c.path("small.txt"), b"small\n").expect("small write under transient 503s");
-    let big = random_bytes(20 * MIB);
-    write_close(&c.path("big.bin"), &big).expect("multipart write under transient 503s");
-    let back = read(&c.path("big.bin"));
+    // three independent chains at once (each op costs ~3.5 s of backoff here)
+    let big = Arc::new(random_bytes(10 * MIB)); // multipart: 8 MiB + 2 MiB parts
+    let (ps, pb, pd) = (c.path("small.txt"), c.path("big.bin"), c.path("direct.txt"));
+    let small_w = std::thread::spawn(move || write_close(&ps, b"small\n"));
+    let big2 = big.clone();
+    let big_w = std::thread::spawn(move || write_close(&pb, &big2));
+    // a read that must go to S3 (lookup + GET)
+    let direct = fs::read(pd);
+    small_w
+        .join()
+        .unwrap()
+        .expect("small write under transient 503s");
+    big_w
+        .join()
+        .unwrap()
+        .expect("multipart write under transient 503s");
     let elapsed = t0.elapsed();
     let st = proxy.stats();
     proxy.throttle(Throttle::Off);
     eprintln!("under transient throttling: {elapsed:?}, proxy {st:?}");
     assert!(st.throttled >= 3, "the proxy throttled nothing: {st:?}");
     assert_eq!(
+        direct.as_deref().ok(),
+        Some(&b"put directly"[..]),
+        "read through the mount under transient 503s: {direct:?}"
+    );
+    assert_eq!(
         s3().get(&c.key("small.txt")).as_deref(),
         Some(&b"small\n"[..])
     );
     assert!(same(&s3().get(&c.key("big.bin")), &big), "big.bin in S3");
-    assert!(back == big, "big.bin read back through the mount");
 }
 
 /// Permanent throttling: close returns an error within the retry budget and the bucket keeps
