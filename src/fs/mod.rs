@@ -121,6 +121,8 @@ pub(crate) struct FileHandle {
     ino: u64,
     /// Bytes were returned: the pinned version may no longer change.
     served: bool,
+    /// The last close() of this handle failed to upload: release must not retry it.
+    close_failed: bool,
     reader: Option<Reader>,
     writer: Option<Version>,
 }

@@ -310,7 +310,7 @@ async fn a_failed_upload_is_an_error_and_the_old_version_stays() {
         .is_err();
     failed |= fs.flush(fh).await.is_err();
     assert!(failed, "the writer must see the failure");
-    assert!(fs.release(fh).await.is_err());
+    fs.release(fh).await.ok(); // close already reported it; release does not retry
     assert_eq!(&mem.snapshot()["victim"][..], b"previous");
     assert_eq!(mem.open_uploads(), 0, "the multipart upload is aborted");
     assert_eq!(

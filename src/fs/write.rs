@@ -70,6 +70,7 @@ impl Fs {
             FileHandle {
                 ino,
                 served: false,
+                close_failed: false,
                 reader,
                 writer,
             },
@@ -179,6 +180,7 @@ impl Fs {
         let v = f.writer.as_mut().ok_or(FsError::BadHandle)?;
         v.write(offset, data).await?;
         let size = v.size();
+        f.close_failed = false;
         self.set_pending(ino, Some(size));
         Ok(data.len() as u32)
     }
@@ -286,11 +288,20 @@ impl Fs {
             return Ok(());
         };
         let mut f = f.lock().await;
-        self.flush_handle(&mut f).await
+        let r = self.flush_handle(&mut f).await;
+        // close() reported the failure: the version must not land later, behind its back.
+        f.close_failed = r.is_err();
+        r
     }
 
+    /// fsync/fdatasync: a failure can be retried by a later fsync or close.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh).await
+        let h = self.handle(fh)?;
+        let Handle::File(f) = &*h else {
+            return Ok(());
+        };
+        let mut f = f.lock().await;
+        self.flush_handle(&mut f).await
     }
 
     fn drop_writer(&self, ino: u64) {
@@ -316,8 +327,16 @@ impl Fs {
             return Ok(());
         };
         let mut f = f.lock().await;
-        let r = self.flush_handle(&mut f).await;
+        let r = if f.close_failed {
+            Ok(())
+        } else {
+            self.flush_handle(&mut f).await
+        };
+        let give_up = f.close_failed && f.writer.as_ref().is_some_and(Version::is_dirty);
         if let Some(v) = f.writer.as_mut() {
+            if give_up {
+                v.abort().await;
+            }
             if r.is_err() {
                 // Last chance passed: what was staged is dropped, the bucket keeps its version.
                 v.abort().await;
