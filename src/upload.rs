@@ -104,6 +104,10 @@ impl VersionError {
 
 type PartResult = (i32, u64, Result<String, StoreError>);
 
+/// Background retries of an AbortMultipartUpload that failed: every 5 s for 30 minutes.
+const ABORT_RETRIES: u32 = 360;
+const ABORT_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where each byte of a version comes from: staged bytes, else the previous version below
 /// `base_valid`, else zeros.
 pub struct Version {
@@ -440,7 +444,22 @@ impl Version {
         self.done.clear();
         if let Some(id) = self.mpu.take() {
             if let Err(e) = self.store.abort_multipart(&self.key, &id).await {
-                tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
+                // Often the same outage that failed the upload: keep trying in the background
+                // so no incomplete upload is left behind (and billed) once S3 is back.
+                tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload; retrying in the background");
+                let (store, key) = (self.store.clone(), self.key.clone());
+                tokio::spawn(async move {
+                    for attempt in 0..ABORT_RETRIES {
+                        tokio::time::sleep(ABORT_RETRY_EVERY).await;
+                        match store.abort_multipart(&key, &id).await {
+                            Ok(()) => return,
+                            Err(e) if attempt + 1 == ABORT_RETRIES => {
+                                tracing::error!(key = %key, upload_id = %id, error = %e, "gave up aborting a multipart upload (a bucket lifecycle rule can clean it)");
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                });
             }
         }
     }
