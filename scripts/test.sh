@@ -72,8 +72,11 @@ done
 
 # Lazy-unmount any FUSE mount a killed test binary left behind (only the harness's own dirs).
 sweep_mounts() {
-  local left
-  left=$(awk '$3 ~ /^fuse/ && $2 ~ /\/bucketfs-test-/ {print $2}' /proc/mounts)
+  local left="" m
+  # Only dead ones (daemon gone: ENOTCONN): a concurrent run's live mounts are not ours.
+  for m in $(awk '$3 ~ /^fuse/ && $2 ~ /\/bucketfs-test-/ {print $2}' /proc/mounts); do
+    stat "$(printf '%b' "$m")" >/dev/null 2>&1 || left="$left $m"
+  done
   if [ -n "$left" ]; then
     echo "WARNING: FUSE mounts left behind, unmounting: $left" >&2
     for m in $left; do fusermount3 -u -z "$(printf '%b' "$m")" || true; done
