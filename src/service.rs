@@ -64,6 +64,32 @@ fn wait_until_answers(p: &Path, limit: Duration, session_ended: impl Fn() -> boo
     }
 }
 
+/// The kernel reads ahead at most the mount's bdi `read_ahead_kb` (128 KiB by default), so
+/// without this the 1 MiB FUSE reads negotiated at init are never used: applications that read
+/// in small blocks send 128 KiB requests. Raised to [`crate::fuse::MAX_IO`]; needs root (sysfs),
+/// and failing is harmless.
+fn raise_read_ahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = m.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let want = crate::fuse::MAX_IO / 1024;
+    let now = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if now.is_some_and(|n| n < want) {
+        if let Err(e) = std::fs::write(&path, want.to_string()) {
+            tracing::debug!(path, error = %e, "cannot raise the kernel's read-ahead");
+        }
+    }
+}
+
 /// Exit statuses.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_UNSAVED: i32 = 1;
@@ -274,6 +300,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
             mountpoint.display()
         )));
     }
+    raise_read_ahead(&mountpoint);
     tracing::info!(
         bucket = %s3.bucket, prefix = %fs.config().prefix, mountpoint = %mountpoint.display(),
         "mounted; stop with `fusermount3 -u {}` or SIGTERM", mountpoint.display()
