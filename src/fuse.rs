@@ -74,6 +74,18 @@ fn to_file_attr(a: &Attr, blksize: u32) -> FileAttr {
     }
 }
 
+/// Thread group (process) of the thread `pid` that made a request.
+fn tgid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(pid)
+}
+
 fn log_err(op: &str, e: &FsError) -> i32 {
     let errno = e.errno();
     match e {
@@ -294,11 +306,15 @@ impl fuser::Filesystem for FuseAdapter {
         reply.error(crate::metrics::fuse_error(libc::EPERM));
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let fs = self.fs.clone();
+        let pid = req.pid();
         self.spawn(async move {
             match fs.open(ino, flags).await {
-                Ok(fh) => reply.opened(fh, 0),
+                Ok(fh) => {
+                    fs.set_opener(fh, tgid_of(pid)).await;
+                    reply.opened(fh, 0)
+                }
                 Err(e) => reply.error(log_err("open", &e)),
             }
         });
@@ -320,7 +336,10 @@ impl fuser::Filesystem for FuseAdapter {
         let (uid, gid) = (req.uid(), req.gid());
         self.spawn(async move {
             match fs.create(parent, &name, mode, flags, uid, gid).await {
-                Ok((a, fh)) => reply.created(&ttl, &to_file_attr(&a, bs), 0, fh, 0),
+                Ok((a, fh)) => {
+                    fs.set_opener(fh, tgid_of(pid)).await;
+                    reply.created(&ttl, &to_file_attr(&a, bs), 0, fh, 0)
+                }
                 Err(e) => reply.error(log_err("create", &e)),
             }
         });
@@ -368,10 +387,11 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
+    fn flush(&mut self, req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
         let fs = self.fs.clone();
+        let pid = req.pid();
         self.spawn(async move {
-            match fs.flush(fh).await {
+            match fs.flush_from(fh, Some(tgid_of(pid))).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(log_err("flush", &e)),
             }

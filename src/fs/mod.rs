@@ -123,6 +123,8 @@ pub(crate) struct FileHandle {
     served: bool,
     /// The last close() of this handle failed to upload: release must not retry it.
     close_failed: bool,
+    /// Process (thread group) that opened the handle: only its close() commits.
+    opener: Option<u32>,
     reader: Option<Reader>,
     writer: Option<Version>,
 }

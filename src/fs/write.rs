@@ -71,6 +71,7 @@ impl Fs {
                 ino,
                 served: false,
                 close_failed: false,
+                opener: None,
                 reader,
                 writer,
             },
@@ -281,13 +282,34 @@ impl Fs {
         }
     }
 
+    /// Records which process opened `fh` (its close commits; others' do not).
+    pub async fn set_opener(&self, fh: u64, tgid: u32) {
+        if let Ok(h) = self.handle(fh) {
+            if let Handle::File(f) = &*h {
+                f.lock().await.opener = Some(tgid);
+            }
+        }
+    }
+
     /// close(): the upload completes here, and its error is the caller's.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        self.flush_from(fh, None).await
+    }
+
+    /// close() by process `caller`. A flush from another process (a child that inherited
+    /// the descriptor and closed it) must not publish a half-written file: the opener's own
+    /// close, or the last release, does that.
+    pub async fn flush_from(&self, fh: u64, caller: Option<u32>) -> FsResult<()> {
         let h = self.handle(fh)?;
         let Handle::File(f) = &*h else {
             return Ok(());
         };
         let mut f = f.lock().await;
+        if let (Some(c), Some(o)) = (caller, f.opener) {
+            if c != o {
+                return Ok(());
+            }
+        }
         let r = self.flush_handle(&mut f).await;
         // close() reported the failure: the version must not land later, behind its back.
         f.close_failed = r.is_err();
