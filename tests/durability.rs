@@ -53,6 +53,16 @@ impl Case {
         fs::create_dir(m.p(&t)).unwrap_or_else(|e| panic!("mkdir $MNT/$T: {e}"));
         Case { m, t }
     }
+    /// Whole-bucket mount through `proxy` (guarded: see `Proxy::guard`).
+    fn via(proxy: &Proxy) -> Case {
+        Case::via_with(proxy, MountOpts::default())
+    }
+    fn via_with(proxy: &Proxy, opts: MountOpts) -> Case {
+        let m = proxy.mount(opts);
+        let t = scratch();
+        fs::create_dir(m.p(&t)).unwrap_or_else(|e| panic!("mkdir $MNT/$T: {e}"));
+        Case { m, t }
+    }
     fn key(&self, rel: &str) -> String {
         format!("{}/{}", self.t, rel)
     }
@@ -188,7 +198,7 @@ fn case15_fsync_means_bytes_in_bucket() {
 #[test]
 fn case15_fsync_reports_failed_upload() {
     let proxy = Proxy::for_server();
-    let c = Case::with(proxy.mount_opts());
+    let c = Case::via(&proxy);
     let key = c.key("f.bin");
     let a = random_bytes(3 * MIB);
     let b = random_bytes(3 * MIB);
@@ -398,7 +408,7 @@ fn case16_check(c: &Case, r: &WriterResult, previous: &[u8], new: &[u8], err_req
 #[test]
 fn case16_endpoint_down_mid_upload() {
     let proxy = Proxy::for_server();
-    let c = Case::with(proxy.mount_opts());
+    let c = Case::via(&proxy);
     let previous = b"previous-version".to_vec();
     s3().put(&c.key("victim.bin"), previous.clone());
     let data = Arc::new(random_bytes(200 * MIB));
@@ -578,7 +588,7 @@ fn case17_sigterm_with_pending_writes() {
 #[test]
 fn case17_cannot_finish_says_so() {
     let proxy = Proxy::for_server();
-    let mut c = Case::with(proxy.mount_opts());
+    let mut c = Case::via(&proxy);
 
     // (1) busy unmount
     let data = random_bytes(2 * MIB);
@@ -674,6 +684,7 @@ fn case17_cannot_finish_says_so() {
         "no multipart upload left open"
     );
     c.m.mount_again();
+    proxy.guard(&c.m);
 }
 
 // ==========================================================================================
@@ -791,7 +802,7 @@ fn case18_service_user_writes() {
 #[test]
 fn throttle_transient_is_retried() {
     let proxy = Proxy::for_server();
-    let c = Case::with(proxy.mount_opts());
+    let c = Case::via(&proxy);
     s3().put(&c.key("direct.txt"), "put directly");
     proxy.throttle(Throttle::Transient);
     let t0 = Instant::now();
@@ -833,7 +844,7 @@ fn throttle_transient_is_retried() {
 #[test]
 fn throttle_always_fails_within_budget() {
     let proxy = Proxy::for_server();
-    let c = Case::with(proxy.mount_opts());
+    let c = Case::via(&proxy);
     s3().put(&c.key("v.txt"), "previous-version");
     let mut f = fs::OpenOptions::new()
         .write(true)

@@ -13,6 +13,14 @@
 //!   `amz-sdk-invocation-id` header, which stays the same across the SDK's retries (falling back
 //!   to method + target + Content-Length + Range when a client does not send it).
 //!
+//! The proxy lives in the test process, so a daemon mounted through it must not outlive that
+//! process: if the test binary is killed (SIGTERM to its group, say) while a test thread waits in
+//! a FUSE call, the process cannot finish exiting, the proxy is gone, and the daemon would spend
+//! minutes on attempt timeouts. A small watcher process (python3) therefore SIGKILLs the daemons
+//! registered with [`Proxy::guard`] as soon as the test process is dying or gone, and lazily
+//! unmounts their mount points; it checks each pid's command line (this bucketfs binary, this
+//! proxy's endpoint) before it kills it.
+//!
 //! The proxy parses HTTP/1.1 framing (Content-Length, chunked, HEAD/204/304, read-to-EOF) so it
 //! can throttle on a keep-alive connection request by request. `Expect: 100-continue` is answered
 //! by the proxy itself. One thread per connection: test traffic only.
@@ -57,6 +65,72 @@ pub struct Proxy {
     pub port: u16,
     inner: Arc<Inner>,
     accept: Option<std::thread::JoinHandle<()>>,
+    watcher: Mutex<Option<std::process::Child>>,
+}
+
+/// The watcher: argv = test pid, proxy port, bucketfs binary; stdin = daemon pids, one a line.
+const WATCHER: &str = r#"
+import os, select, signal, sys
+test, port, binary = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+endpoint = ("--endpoint\0http://127.0.0.1:%s\0" % port).encode()
+pids, buf = set(), b""
+def dying():
+    try:
+        with open("/proc/%d/stat" % test) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+def ours(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return cmd.startswith(binary.encode() + b"\0") and endpoint in cmd
+eof = False
+while True:
+    if not eof:
+        r, _, _ = select.select([0], [], [], 0.5)
+        if r:
+            d = os.read(0, 4096)
+            if not d:
+                eof = True
+            buf += d
+            *lines, buf = buf.split(b"\n")
+            pids.update(int(l) for l in lines if l.strip())
+    else:
+        select.select([], [], [], 0.5)
+    if dying():
+        for p in pids:
+            if ours(p):
+                try:
+                    with open("/proc/%d/cmdline" % p, "rb") as f:
+                        mnt = f.read().split(b"\0")[3]  # bucketfs mount SPEC MNT ...
+                    os.kill(p, signal.SIGKILL)
+                    for _ in range(50):
+                        if not os.path.exists("/proc/%d" % p):
+                            break
+                        select.select([], [], [], 0.1)
+                    os.spawnvp(os.P_WAIT, "fusermount3", ["fusermount3", "-u", "-z", mnt])
+                except (OSError, IndexError):
+                    pass
+        sys.exit(0)
+"#;
+
+fn spawn_watcher(port: u16) -> Option<std::process::Child> {
+    use std::process::{Command, Stdio};
+    Command::new("python3")
+        .arg("-c")
+        .arg(WATCHER)
+        .arg(std::process::id().to_string())
+        .arg(port.to_string())
+        .arg(super::BIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("[proxy] no watcher process (python3: {e})"))
+        .ok()
 }
 
 /// Counters since the proxy started.
@@ -131,7 +205,26 @@ impl Proxy {
             port,
             inner,
             accept: Some(accept),
+            watcher: Mutex::new(spawn_watcher(port)),
         }
+    }
+
+    /// Have the watcher SIGKILL this mount's daemon if the test process dies with it mounted.
+    /// Call after every (re)mount through this proxy.
+    pub fn guard(&self, m: &super::Mount) {
+        if let Some(w) = self.watcher.lock().unwrap().as_mut() {
+            if let Some(stdin) = w.stdin.as_mut() {
+                let _ = writeln!(stdin, "{}", m.pid());
+                let _ = stdin.flush();
+            }
+        }
+    }
+
+    /// Mount `opts` through this proxy, guarded (see [`Proxy::guard`]).
+    pub fn mount(&self, opts: super::MountOpts) -> super::Mount {
+        let m = super::Mount::with(self.mount_opts_for(opts));
+        self.guard(&m);
+        m
     }
 
     /// A proxy in front of this test binary's S3 server.
@@ -231,6 +324,11 @@ impl Drop for Proxy {
             .unwrap_or_default();
         for s in &conns {
             reset(s);
+        }
+        // the mounts using this proxy are gone by now (declared after it, dropped first)
+        if let Some(mut w) = self.watcher.lock().ok().and_then(|mut w| w.take()) {
+            let _ = w.kill();
+            let _ = w.wait();
         }
     }
 }
