@@ -333,6 +333,7 @@ impl fuser::Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         let name = name.as_bytes().to_vec();
         let (ttl, bs) = (self.ttl, self.blksize);
+        let pid = req.pid();
         let (uid, gid) = (req.uid(), req.gid());
         self.spawn(async move {
             match fs.create(parent, &name, mode, flags, uid, gid).await {
