@@ -53,6 +53,15 @@ else
   SUMMARY+=("unit tests: FAILED"); fail=1
 fi
 
+# The benchmark script on tiny sizes (SeaweedFS, every client once): that it works, not speed.
+banner "benchmark smoke (bench/run.sh --smoke)"
+t0=$(date +%s)
+if BENCH_NO_BUILD=1 timeout -k 10 600 bench/run.sh --smoke; then
+  SUMMARY+=("benchmark smoke: ok ($(( $(date +%s) - t0 )) s)")
+else
+  SUMMARY+=("benchmark smoke: FAILED"); fail=1
+fi
+
 # The reference-model property test once more, over each real server (fewer cases).
 for s in $SERVERS; do
   if [ "$s" = garage ] && [ "${BUCKETFS_SKIP_GARAGE:-0}" = 1 ]; then continue; fi
