@@ -13,11 +13,14 @@
 #   s3fs      Debian's s3fs, flags below (S3FS_OPTS)
 #   rclone    Debian's rclone mount, flags below (RCLONE_OPTS)
 # Workloads (page cache dropped before each; see docs/BENCHMARKS.md for the definitions):
-#   seq_read_1 / seq_read_4   fio rw=read bs=256k ioengine=psync, 1 job / 4 jobs on 4 files
-#   rand_read                 fio rw=randread bs=256k, 1 job
+#   seq_read_1 / seq_read_4   fio rw=read bs=256k ioengine=psync, 1 job / 4 jobs on 4 other files
+#   rand_read                 fio rw=randread bs=256k, 1 job, on a file of its own
+#   (each workload reads objects no earlier workload of that mount touched: s3fs keeps the
+#   data of closed files, so a re-read would measure its local copy)
 #   seq_write                 fio rw=write bs=256k fsync_on_close, timed until the object is in
 #                             the bucket with its full size (rclone uploads after close)
-#   ttfb_big / ttfb_small     open + read of 1 byte of a 1 GiB / 4 KiB file not touched before
+#   ttfb_big / ttfb_small     open + read of 1 byte of a 1 GiB file (1 sample per fresh mount) /
+#                             of 4 KiB files (3 files) not touched before
 #   create_1000               1000 files of 16 KiB, write + close each, timed until all are listed
 #   ls_l_10k / walk_10k       `ls -l` of a directory of 10 000 files; readdir+lstat walk of a
 #                             tree of 10 000 files (100 directories)
@@ -80,6 +83,8 @@ declare -a PIDS=() MOUNTS=() SERVER_DIRS=()
 cleanup() {
   local rc=$? m p d
   trap - EXIT INT TERM
+  stop_watchdog
+  [ -n "$MEASURED" ] && kill "$MEASURED" 2>/dev/null || true
   for m in "${MOUNTS[@]-}"; do
     [ -n "$m" ] && mountpoint -q "$m" 2>/dev/null && { fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
   done
@@ -125,16 +130,22 @@ fio_json() { python3 "$ROOT/bench/report.py" fio; }
 
 # measure COMMAND...: runs it (a function or a program) with a watchdog of WATCHDOG s;
 # stdout in WORK/out.txt, stderr in WORK/err.txt; fails if it fails or prints no JSON object
-WATCHDOG=900
+WATCHDOG=900 MEASURED= WD=
 measure() {
-  local p wd rc=0
+  local rc=0
   "$@" >"$WORK/out.txt" 2>"$WORK/err.txt" &
-  p=$!
-  ( sleep "$WATCHDOG"; kill -TERM "$p" 2>/dev/null; echo "watchdog: killed after $WATCHDOG s" >>"$WORK/err.txt" ) &
-  wd=$!
-  wait "$p" || rc=$?
-  kill "$wd" 2>/dev/null || true; wait "$wd" 2>/dev/null || true
+  MEASURED=$!
+  ( exec 1>/dev/null; sleep "$WATCHDOG" & wait $!; kill -TERM "$MEASURED" 2>/dev/null
+    echo "watchdog: killed after $WATCHDOG s" >>"$WORK/err.txt" ) &
+  WD=$!
+  wait "$MEASURED" || rc=$?
+  stop_watchdog; MEASURED=
   [ "$rc" = 0 ] && grep -q '^{' "$WORK/out.txt"
+}
+stop_watchdog() {
+  [ -n "$WD" ] || return 0
+  pkill -TERM -P "$WD" 2>/dev/null || true   # its sleep
+  kill "$WD" 2>/dev/null || true; wait "$WD" 2>/dev/null || true; WD=
 }
 
 free_port() {
@@ -156,9 +167,9 @@ print(json.dumps(d))' 2>/dev/null || echo '{}'
 
 # ---- the dataset (same objects for every client) ----
 fill() {
-  log "$SERVER: filling the bucket (4 x $BIG_MIB MiB, $NFLAT + $NTREE + $NICONS small objects)"
+  log "$SERVER: filling the bucket (7 x $BIG_MIB MiB, $NFLAT + $NTREE + $NICONS small objects)"
   local i t0; t0=$(now)
-  for i in 0 1 2 3; do "$S3B" fill-big "big/f$i" "$BIG_MIB" >/dev/null; done
+  for i in f0 f1 f2 f3 f4 r0 t0; do "$S3B" fill-big "big/$i" "$BIG_MIB" >/dev/null; done
   "$S3B" fill-small ttfb/s 8 4096 >/dev/null
   "$S3B" fill-small flat/ "$NFLAT" 1024 >/dev/null
   "$S3B" fill-small tree/ "$NTREE" 1024 --dirs "$TREE_DIRS" >/dev/null
@@ -252,11 +263,11 @@ w_seq_read_1() {
 }
 w_seq_read_4() {
   local a=() i
-  for i in 0 1 2 3; do a+=(--name="r$i" --filename="$M/big/f$i"); done
+  for i in 1 2 3 4; do a+=(--name="r$i" --filename="$M/big/f$i"); done
   fio --readonly --rw=read --size="${BIG_MIB}m" --runtime="$RT_SEQ" "${FIO_COMMON[@]}" "${a[@]}" | fio_json
 }
 w_rand_read() {
-  fio --name=rr --readonly --rw=randread --filename="$M/big/f0" --size="${BIG_MIB}m" --runtime="$RT_RAND" "${FIO_COMMON[@]}" | fio_json
+  fio --name=rr --readonly --rw=randread --filename="$M/big/r0" --size="${BIG_MIB}m" --runtime="$RT_RAND" "${FIO_COMMON[@]}" | fio_json
 }
 w_seq_write() {
   local d=w/$CLIENT-$ITERNO t0 f
@@ -284,7 +295,7 @@ import json, statistics, sys
 v = [json.loads(a)["ttfb_s"] for a in sys.argv[1:]]
 print(json.dumps({"ttfb_ms": statistics.median(v) * 1e3, "samples_ms": [round(x * 1e3, 3) for x in v]}))' "${s[@]}"
 }
-w_ttfb_big() { local a=() i; for i in $(seq 0 $((TTFB_SAMPLES - 1))); do a+=("big/f$((i % 4))"); done; w_ttfb "${a[@]}"; }
+w_ttfb_big() { w_ttfb big/t0; }
 w_ttfb_small() { local a=() i; for i in $(seq 0 $((TTFB_SAMPLES - 1))); do a+=("$(printf 'ttfb/sf%05d.bin' "$i")"); done; w_ttfb "${a[@]}"; }
 w_create() {
   local d=c/$CLIENT-$ITERNO t0 out
@@ -347,16 +358,16 @@ v = [json.loads(a)["ttfb_s"] for a in sys.argv[1:]]
 print(json.dumps({"ttfb_ms": statistics.median(v) * 1e3, "samples_ms": [round(x * 1e3, 3) for x in v]}))' "${s[@]}"
 }
 run_raw() {
-  local i big=() small=()
-  for i in $(seq 0 $((TTFB_SAMPLES - 1))); do big+=("big/f$((i % 4))"); small+=("$(printf 'ttfb/sf%05d.bin' "$i")"); done
+  local i small=()
+  for i in $(seq 0 $((TTFB_SAMPLES - 1))); do small+=("$(printf 'ttfb/sf%05d.bin' "$i")"); done
   raw ls_l_10k "$S3B" list flat/
   raw walk_10k "$S3B" walk tree/
   raw authentik "$S3B" authentik media/public/ "$NREAD"
   raw ttfb_small raw_ttfb "${small[@]}"
-  raw ttfb_big raw_ttfb "${big[@]}"
+  raw ttfb_big raw_ttfb big/t0
   raw seq_read_1 "$S3B" seq-read big/f0 --runtime "$RT_SEQ"
-  raw seq_read_4 "$S3B" seq-read big/f0 big/f1 big/f2 big/f3 --conc 4 --runtime "$RT_SEQ"
-  raw rand_read "$S3B" rand-read big/f0 --runtime "$RT_RAND"
+  raw seq_read_4 "$S3B" seq-read big/f1 big/f2 big/f3 big/f4 --conc 4 --runtime "$RT_SEQ"
+  raw rand_read "$S3B" rand-read big/r0 --runtime "$RT_RAND"
   raw seq_write "$S3B" seq-write "w/raw-$ITERNO/f" "$BIG_MIB"
   raw create_1000 "$S3B" put-many "c/raw-$ITERNO/" "$NCREATE" 16384
 }
