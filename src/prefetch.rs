@@ -148,7 +148,7 @@ impl Reader {
             let want = if self.chunks.is_empty() {
                 self.window.max(len as u64)
             } else {
-                self.cfg.chunk
+                self.cfg.chunk.min(self.window).max(len as u64)
             };
             let stop = (next + want).min(self.size);
             let mem = self.budget.reserve(stop - next).await;
@@ -158,7 +158,13 @@ impl Reader {
         // Read-ahead: only with memory that is free right now. Always whole steps (the last
         // may pass the target by less than one): topping up to the exact target would send
         // one GET the size of each application read once the window is full.
-        let target = (end + self.window).min(self.size);
+        // None after a seek into the file: a random reader would throw it away, so the stream
+        // has to prove itself sequential first (a read from offset 0 counts as a stream).
+        let target = if sequential || offset == 0 {
+            (end + self.window).min(self.size)
+        } else {
+            end
+        };
         let step = self.cfg.chunk.min(self.window);
         while next < target {
             let stop = (next + step).min(self.size);
@@ -343,6 +349,36 @@ mod tests {
         }
         let gets = store.calls().iter().filter(|o| **o == Op::Get).count();
         assert!(gets <= 30, "{gets} GETs: the stream was reset");
+    }
+
+    #[tokio::test]
+    async fn a_random_read_sends_one_get() {
+        use crate::store::fault::{FaultStore, Op};
+        let mem = Arc::new(MemStore::new());
+        let mib = 1024 * 1024u64;
+        let data: Vec<u8> = (0..(64 * mib) as u32).map(|i| (i % 249) as u8).collect();
+        mem.insert("f", &data);
+        let tag = mem.head_sync("f");
+        let store = Arc::new(FaultStore::new(mem));
+        let mut r = Reader::new(
+            store.clone(),
+            "f".into(),
+            tag,
+            64 * mib,
+            MemoryBudget::new(64 * mib),
+            ReadConfig::default(),
+        );
+        let bs = 256 * 1024u64;
+        for i in 0..50u64 {
+            let off = (1 + (i * 37 + 11) % 240) * bs; // never 0, never the next block
+            let b = r.read(off, bs as u32).await.unwrap();
+            assert_eq!(&b[..], &data[off as usize..(off + bs) as usize]);
+        }
+        let gets = store.calls().iter().filter(|o| **o == Op::Get).count();
+        assert_eq!(
+            gets, 50,
+            "read-ahead after a seek is wasted on a random reader"
+        );
     }
 
     #[tokio::test]
