@@ -135,17 +135,25 @@ measure() {
   local rc=0
   "$@" >"$WORK/out.txt" 2>"$WORK/err.txt" &
   MEASURED=$!
-  ( exec 1>/dev/null; sleep "$WATCHDOG" & wait $!; kill -TERM "$MEASURED" 2>/dev/null
-    echo "watchdog: killed after $WATCHDOG s" >>"$WORK/err.txt" ) &
+  watchdog "$MEASURED" "$WORK/err.txt" >/dev/null &
   WD=$!
   wait "$MEASURED" || rc=$?
   stop_watchdog; MEASURED=
   [ "$rc" = 0 ] && grep -q '^{' "$WORK/out.txt"
 }
+# watchdog PID ERRFILE: SIGTERM to PID after WATCHDOG s; stopped with SIGTERM, it ends its
+# sleep and exits without killing anything
+watchdog() {
+  local s=
+  trap '[ -n "$s" ] && kill "$s" 2>/dev/null; exit 0' TERM
+  sleep "$WATCHDOG" & s=$!
+  wait "$s"
+  kill -TERM "$1" 2>/dev/null
+  echo "watchdog: killed after $WATCHDOG s" >>"$2"
+}
 stop_watchdog() {
   [ -n "$WD" ] || return 0
-  pkill -TERM -P "$WD" 2>/dev/null || true   # its sleep
-  kill "$WD" 2>/dev/null || true; wait "$WD" 2>/dev/null || true; WD=
+  kill -TERM "$WD" 2>/dev/null || true; wait "$WD" 2>/dev/null || true; WD=
 }
 
 free_port() {

@@ -82,7 +82,7 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         conc: usize,
     },
-    /// Time to first byte of a GetObject of the whole object (seconds).
+    /// Time to first byte of a GetObject of the whole object (seconds), after a HEAD.
     Ttfb { key: String },
     /// PutObject of COUNT objects of SIZE bytes, one after the other.
     PutMany {
@@ -480,6 +480,10 @@ async fn s3_cmd(c: Client, bucket: String, cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Ttfb { key } => {
+            // A HEAD first, as a mount's lookup does: the GET then runs on a pooled, warm
+            // connection like theirs (a fresh one is in TCP quick-ACK mode, which hides
+            // Garage's ~40 ms delayed-ACK stall on reused connections).
+            head(&c, &bucket, &key).await?;
             let t = Instant::now();
             let o = c.get_object().bucket(&bucket).key(&key).send().await?;
             let mut body = o.body;
