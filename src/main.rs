@@ -22,7 +22,7 @@ fn main() {
                     // fuser logs a harmless error when the kernel already unmounted; the AWS
                     // credential chain warns at length about each source it tries.
                     tracing_subscriber::EnvFilter::new(format!(
-                        "{},fuser::mnt=off,fuser::reply=off,aws_config=error",
+                        "{},fuser::mnt=off,fuser::reply=off,aws_config=error,aws_runtime=error",
                         args.log_level.to_ascii_lowercase()
                     ))
                 });

@@ -238,6 +238,9 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
     )));
     let s3store = Arc::new(rt.block_on(S3Store::connect(&s3)));
     s3store.set_log_failures(false);
+    if let Some(problem) = rt.block_on(s3store.profile_problem()) {
+        return Err(StartError(problem));
+    }
     rt.block_on(preflight(&*s3store, &s3.bucket, &cfg.prefix, &endpoint))?;
     s3store.set_log_failures(true);
     let store: Arc<dyn ObjectStore> = s3store;

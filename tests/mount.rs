@@ -1161,6 +1161,31 @@ fn premount_error_unreachable_endpoint() {
     );
 }
 
+/// A named profile that does not exist is an error, even with working keys in the environment
+/// (they would otherwise be used without a word).
+#[test]
+fn premount_error_missing_profile() {
+    let srv = server();
+    let d = PremountDir::new();
+    let name = format!("nosuch-{}", &scratch()[2..10]);
+    let none = d.sc.base.join("no-aws-files");
+    let opts = MountOpts::default()
+        .arg("--profile")
+        .arg(&name)
+        .env("AWS_CONFIG_FILE", none.join("config").to_str().unwrap())
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            none.join("credentials").to_str().unwrap(),
+        );
+    expect_premount_error(
+        opts,
+        &d.mnt,
+        Some(&name),
+        &[&srv.secret_key],
+        "missing profile",
+    );
+}
+
 #[test]
 fn premount_error_missing_mount_point() {
     let srv = server();

@@ -274,6 +274,9 @@ impl Ctx {
         let store = rt.block_on(S3Store::connect(&settings));
         // commands report failures themselves, one line each
         store.set_log_failures(false);
+        if let Some(problem) = rt.block_on(store.profile_problem()) {
+            return Err(CmdError::Failed(problem));
+        }
         Ok(Ctx {
             config,
             settings,

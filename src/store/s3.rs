@@ -14,7 +14,8 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult,
+    CompletedPart, ListPage, MultipartInfo, ObjectInfo, ObjectStore, PutOptions, StoreError,
+    StoreResult,
 };
 
 /// Static keys from authentik's configuration (`Debug` never shows the secret or the token).
@@ -71,6 +72,7 @@ pub struct S3Store {
     acl: Option<ObjectCannedAcl>,
     credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     region: String,
+    profile: Option<String>,
     /// Off during the start-up check, whose failure is reported as one line instead.
     log_failures: AtomicBool,
 }
@@ -82,7 +84,13 @@ impl S3Store {
             loader = loader.region(Region::new(r.clone()));
         }
         if let Some(p) = &s.profile {
-            loader = loader.profile_name(p);
+            // A named profile is the only source (as with the AWS CLI's --profile): the
+            // default chain would let environment keys win without a word.
+            loader = loader.profile_name(p).credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(p)
+                    .build(),
+            );
         } else if let Some(c) = &s.credentials {
             loader = loader.credentials_provider(aws_credential_types::Credentials::new(
                 c.access_key.clone(),
@@ -138,6 +146,7 @@ impl S3Store {
             bucket: s.bucket.clone(),
             acl: s.object_acl.as_deref().map(ObjectCannedAcl::from),
             credentials,
+            profile: s.profile.clone(),
             region,
             log_failures: AtomicBool::new(true),
         }
@@ -166,6 +175,24 @@ impl S3Store {
     pub async fn credentials(&self) -> Option<aws_credential_types::Credentials> {
         use aws_credential_types::provider::ProvideCredentials;
         self.credentials.as_ref()?.provide_credentials().await.ok()
+    }
+
+    /// Why the named profile (`--profile`, SESSION_PROFILE) yields no credentials, if it
+    /// does not: a missing or broken profile is a start-up error, never a silent fallback.
+    pub async fn profile_problem(&self) -> Option<String> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let name = self.profile.as_ref()?;
+        let Some(provider) = self.credentials.as_ref() else {
+            return Some(format!("the AWS profile `{name}` gives no credentials"));
+        };
+        match provider.provide_credentials().await {
+            Ok(_) => None,
+            // The provider's error names files and profiles, never key material.
+            Err(e) => Some(format!(
+                "the AWS profile `{name}` gives no credentials ({}): check that it is defined in ~/.aws/config or ~/.aws/credentials (or AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE)",
+                error_chain(&e)
+            )),
+        }
     }
 
     /// Whether each failed request is logged (operation, key, error; never credentials).
@@ -207,6 +234,24 @@ pub fn encode_key(key: &str) -> String {
         }
     }
     out
+}
+
+/// An error and its sources, each once, on one line (no Debug dumps).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let t = err
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !t.is_empty() && !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
 }
 
 /// What `AccessDenied` carries when no credentials could be found at all.
@@ -557,6 +602,44 @@ impl ObjectStore for S3Store {
             .map_err(|e| self.fail("DeleteObject", key, e))?;
         crate::metrics::s3_ok("DeleteObject");
         Ok(())
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<MultipartInfo>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let o = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.fail("ListMultipartUploads", prefix, e))?;
+            crate::metrics::s3_ok("ListMultipartUploads");
+            out.extend(o.uploads().iter().filter_map(|u| {
+                Some(MultipartInfo {
+                    key: u.key()?.to_string(),
+                    upload_id: u.upload_id()?.to_string(),
+                    initiated: to_time(u.initiated()),
+                })
+            }));
+            // Some servers omit IsTruncated or repeat markers: stop unless they move on.
+            let next = (
+                o.next_key_marker().map(str::to_string),
+                o.next_upload_id_marker().map(str::to_string),
+            );
+            if !o.is_truncated().unwrap_or(false)
+                || next.0.is_none()
+                || (next.0.as_deref() == o.key_marker()
+                    && next.1.as_deref() == o.upload_id_marker())
+            {
+                return Ok(out);
+            }
+            (key_marker, id_marker) = next;
+        }
     }
 }
 
