@@ -10,7 +10,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{
-    CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult,
+    CompletedPart, ListPage, MultipartInfo, ObjectInfo, ObjectStore, PutOptions, StoreError,
+    StoreResult,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +27,7 @@ pub enum Op {
     AbortMultipart,
     Copy,
     Delete,
+    ListMultipart,
 }
 
 #[derive(Clone, Debug)]
@@ -189,5 +191,9 @@ impl ObjectStore for FaultStore {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.enter(Op::Delete).await?;
         self.inner.delete(key).await
+    }
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<MultipartInfo>> {
+        self.enter(Op::ListMultipart).await?;
+        self.inner.list_multipart_uploads(prefix).await
     }
 }

@@ -11,7 +11,8 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use super::{
-    CompletedPart, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult,
+    CompletedPart, ListPage, MultipartInfo, ObjectInfo, ObjectStore, PutOptions, StoreError,
+    StoreResult,
 };
 
 #[derive(Clone)]
@@ -24,6 +25,7 @@ struct Obj {
 
 struct Upload {
     key: String,
+    initiated: SystemTime,
     opts: PutOptions,
     parts: HashMap<i32, (Bytes, String)>,
 }
@@ -207,6 +209,7 @@ impl ObjectStore for MemStore {
             id.clone(),
             Upload {
                 key: key.to_string(),
+                initiated: SystemTime::now(),
                 opts: opts.clone(),
                 parts: HashMap::new(),
             },
@@ -296,6 +299,22 @@ impl ObjectStore for MemStore {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.objects.lock().remove(key);
         Ok(())
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<MultipartInfo>> {
+        let mut v: Vec<MultipartInfo> = self
+            .uploads
+            .lock()
+            .iter()
+            .filter(|(_, u)| u.key.starts_with(prefix))
+            .map(|(id, u)| MultipartInfo {
+                key: u.key.clone(),
+                upload_id: id.clone(),
+                initiated: Some(u.initiated),
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+        Ok(v)
     }
 }
 

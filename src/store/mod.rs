@@ -40,6 +40,14 @@ pub struct PutOptions {
     pub metadata: HashMap<String, String>,
 }
 
+/// An incomplete multipart upload (ListMultipartUploads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultipartInfo {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
 /// A part of a multipart upload that the server accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompletedPart {
@@ -133,4 +141,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// headers (COPY directive); Some replaces them.
     async fn copy(&self, src: &str, dst: &str, opts: Option<&PutOptions>) -> StoreResult<()>;
     async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// Every incomplete multipart upload whose key starts with `prefix` (all pages), so a
+    /// job killed mid-upload can abort what it left behind.
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<MultipartInfo>>;
 }
