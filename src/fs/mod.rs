@@ -1,6 +1,7 @@
 //! The filesystem logic: POSIX operations over an [`ObjectStore`], with no kernel in sight.
 //! The FUSE adapter (`crate::fuse`) only translates requests into calls on [`Fs`].
 
+pub mod fallback;
 pub mod inode;
 mod write;
 
@@ -132,6 +133,8 @@ pub(crate) struct FileHandle {
 enum Handle {
     File(Box<tokio::sync::Mutex<FileHandle>>),
     Dir(Mutex<Option<Arc<Vec<DirEntry>>>>),
+    /// A file only the old tree of a live migration holds, read from the local file.
+    Old(Arc<std::fs::File>),
 }
 
 /// A path that could not be saved, and why.
@@ -152,6 +155,8 @@ pub struct Fs {
     staging: StagingArea,
     warned: Mutex<HashSet<String>>,
     started: SystemTime,
+    /// The old tree of a live migration (`--migrate-from`), if any.
+    fallback: Option<Arc<dyn fallback::Fallback>>,
 }
 
 fn name_error(e: NameError) -> FsError {
@@ -178,6 +183,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
             started: SystemTime::now(),
+            fallback: None,
             store,
             cfg,
         })
@@ -280,8 +286,17 @@ impl Fs {
         }
     }
 
-    /// Like `remote_lookup`, answered from the caches when they are fresh.
+    /// What the mount shows at `dir_prefix` + `name`: the bucket's answer, else the old tree's
+    /// (live migration; never cached, so a negative entry cannot hide an old path).
     async fn resolve(&self, dir_prefix: &str, name: &str) -> FsResult<Lookup> {
+        match self.resolve_bucket(dir_prefix, name).await? {
+            Lookup::Missing => Ok(self.old_lookup(dir_prefix, name)),
+            l => Ok(l),
+        }
+    }
+
+    /// Like `remote_lookup`, answered from the caches when they are fresh.
+    async fn resolve_bucket(&self, dir_prefix: &str, name: &str) -> FsResult<Lookup> {
         let key = keys::file_key(dir_prefix, name);
         if let Some(l) = self.cache.get(&key) {
             return Ok(l);
@@ -464,7 +479,7 @@ impl Fs {
 
     async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let prefix = self.dir_node(ino)?;
-        let listing = self.fetch_listing(&prefix).await?;
+        let listing = self.with_old_entries(&prefix, self.fetch_listing(&prefix).await?);
         let mut t = self.inodes.lock();
         let mut out = Vec::with_capacity(listing.len() + 2);
         let me = t.get(ino).ok_or(FsError::NotFound)?;
@@ -572,7 +587,7 @@ impl Fs {
 
     /// Whether anything (in the bucket or only in this mount) is below directory `ino`.
     async fn dir_is_empty(&self, ino: u64, prefix: &str) -> FsResult<(bool, bool)> {
-        if !self.inodes.lock().local_children(ino).is_empty() {
+        if !self.inodes.lock().local_children(ino).is_empty() || self.old_has_children(prefix) {
             return Ok((false, false));
         }
         let page = self.store.list(prefix, None, None, Some(2)).await?;
@@ -595,6 +610,7 @@ impl Fs {
         // A marker written by another tool would bring the directory back; some servers
         // (SeaweedFS) also keep an empty folder listed until its `dir/` key is deleted.
         // Deleting a missing key is a no-op on S3.
+        self.old_tombstone(&node.key)?;
         self.store.delete(&node.key).await?;
         self.inodes.lock().detach(parent, name);
         self.cache.put(&keys::file_key(&dir, name), Lookup::Missing);
@@ -610,6 +626,9 @@ impl Fs {
         if node.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        // Tombstoned first: a crash after it leaves the bucket's copy, never a resurrection.
+        let _g = self.old_lock(&node.key).await;
+        self.old_tombstone(&node.key)?;
         if node.meta.as_ref().is_some_and(|m| m.etag.is_some()) || node.writers == 0 {
             self.store.delete(&node.key).await?;
         }
@@ -704,6 +723,9 @@ impl Fs {
                     return Err(FsError::Busy("rename of a file open for writing"));
                 }
                 let new_key = keys::file_key(&dst_dir, new_name);
+                let _g = self.old_lock2(&node.key, &new_key).await;
+                self.old_materialize(ino, true).await?;
+                self.old_tombstone(&node.key)?;
                 let info = self.store.head(&node.key).await.map_err(not_found_or)?;
                 let content_type =
                     meta::content_type_after_rename(name, new_name, info.content_type.as_deref());
@@ -757,6 +779,8 @@ impl Fs {
                         "rename of a directory with files open for writing",
                     ));
                 }
+                self.old_materialize_tree(&node.key).await?;
+                self.old_tombstone(&node.key)?;
                 self.move_prefix(&node.key, &new_prefix).await?;
                 {
                     let mut t = self.inodes.lock();
@@ -839,6 +863,10 @@ impl Fs {
             p.gid = s.gid.or(p.gid);
             p.mtime = s.mtime.or(p.mtime);
             return Ok(self.attr_of(ino, n));
+        }
+        if fh.is_none() {
+            // A change of a file only the old tree holds starts from its copy.
+            self.old_materialize(ino, false).await?;
         }
         if let Some(size) = s.size {
             self.truncate(ino, fh, size).await?;
@@ -1039,6 +1067,9 @@ impl Fs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let h = self.handle(fh)?;
+        if let Handle::Old(file) = &*h {
+            return Self::old_read(file.clone(), offset, size).await;
+        }
         let Handle::File(f) = &*h else {
             return Err(FsError::BadHandle);
         };

@@ -151,6 +151,9 @@ impl Fs {
                 return Err(FsError::IsDir);
             }
         }
+        if let Some(fh) = self.old_open(ino, f.write, f.truncate).await? {
+            return Ok(fh);
+        }
         if !f.write {
             return Ok(self.file_handle(ino, None));
         }
@@ -244,7 +247,11 @@ impl Fs {
         if let Some(o) = opts {
             v.set_options(o);
         }
-        let base = match v.commit().await {
+        // The copier must not land the old file between its check and this commit.
+        let lock = self.old_lock(v.key()).await;
+        let committed = v.commit().await;
+        drop(lock);
+        let base = match committed {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(key = %v.key(), error = %e, "upload failed; the bucket keeps the previous version");
