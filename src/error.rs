@@ -53,3 +53,30 @@ impl FsError {
 }
 
 pub type FsResult<T> = Result<T, FsError>;
+
+/// Why copying one file or object (`bucketfs migrate`, the live copier) failed. Each is one
+/// line in the summary, next to the path.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{op}: {err}")]
+    Io {
+        op: &'static str,
+        err: std::io::Error,
+    },
+    #[error("S3: {0}")]
+    Store(#[from] StoreError),
+    #[error("verification failed: {0}")]
+    Verify(String),
+    #[error("the file changed while it was copied (run again to copy the new version)")]
+    Changed,
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Name(String),
+}
+
+impl MigrateError {
+    pub fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> MigrateError {
+        move |err| MigrateError::Io { op, err }
+    }
+}

@@ -13,6 +13,7 @@ pub mod fuse;
 pub mod keys;
 pub mod meta;
 pub mod metrics;
+pub mod migrate;
 pub mod notify;
 pub mod prefetch;
 pub mod service;
