@@ -126,6 +126,20 @@ pub struct MountArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9101; port 0 picks one).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Live migration: serve OLD_DIR (the file backend's directory) for every path the bucket
+    /// lacks, and copy it into the bucket in the background; OLD_DIR is never modified.
+    #[arg(long, value_name = "OLD_DIR")]
+    pub migrate_from: Option<PathBuf>,
+    /// Where the live migration keeps its tombstones and status.json (default: under the
+    /// cache directory, one per bucket, prefix and OLD_DIR).
+    #[arg(long, value_name = "DIR", requires = "migrate_from")]
+    pub migrate_state: Option<PathBuf>,
+    /// Files the live migration uploads at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub migrate_parallel: usize,
+    /// Test hook: pause after each file the live migration copies (milliseconds).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub migrate_throttle_ms: u64,
 }
 
 /// The cache directory when `--cache-dir` is not given.

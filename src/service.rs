@@ -246,12 +246,25 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
     let store: Arc<dyn ObjectStore> = s3store;
 
     let cache_dir = cfg.cache_dir.clone();
-    let fs = Arc::new(Fs::new(store, cfg).map_err(|e| {
+    let live_store = store.clone();
+    let fs = Fs::new(store, cfg).map_err(|e| {
         StartError(format!(
             "cannot use the cache directory {}: {e} (set --cache-dir)",
             cache_dir.display()
         ))
-    })?);
+    })?;
+    let live = crate::migrate::live::from_mount_args(
+        &args,
+        &s3.bucket,
+        fs.config(),
+        live_store,
+        fs.budget().clone(),
+    )
+    .map_err(|e| StartError(e.to_string()))?;
+    let fs = Arc::new(match &live {
+        Some(l) => fs.with_fallback(l.clone()),
+        None => fs,
+    });
     crate::metrics::set_budget(fs.budget().clone());
     if let Some(l) = metrics_listener {
         if let Ok(a) = l.local_addr() {
@@ -304,6 +317,9 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
         )));
     }
     raise_read_ahead(&mountpoint);
+    if let Some(l) = live {
+        rt.spawn(crate::migrate::live::run_copier(l, fs.clone()));
+    }
     tracing::info!(
         bucket = %s3.bucket, prefix = %fs.config().prefix, mountpoint = %mountpoint.display(),
         "mounted; stop with `fusermount3 -u {}` or SIGTERM", mountpoint.display()

@@ -4,4 +4,5 @@
 //! `offline` walks both sides, runs the plan and reports.
 
 pub mod copy;
+pub mod live;
 pub mod plan;

@@ -1,0 +1,292 @@
+//! The background copier of a live migration: walks the old tree directory by directory,
+//! lists the bucket once per directory, and uploads (verified, with Content-Type and POSIX
+//! metadata, `migrate::copy::upload_file`) every file the bucket lacks and nobody deleted.
+//! Each upload holds the path's lock and checks the bucket again under it, so a write through
+//! the mount always wins. A pass with failures is retried; a restart re-walks and compares,
+//! which continues where the last run stopped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+
+use super::Live;
+use crate::fs::fallback::Fallback;
+use crate::fs::Fs;
+
+/// How often progress is logged and the status file rewritten.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the old tree holds in one directory entry, for the copier.
+enum Local {
+    Dir,
+    /// A regular file or a symlink (both become one object), with its size.
+    Object(u64),
+    Other(&'static str),
+}
+
+struct Job {
+    rel: String,
+    key: String,
+}
+
+/// Runs the migration to the end (until a pass copies everything), then returns.
+pub async fn run(live: Arc<Live>, fs: Arc<Fs>) {
+    let started = SystemTime::now();
+    abort_left_uploads(&live, started).await;
+    let ticker = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            loop {
+                live.progress.write();
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                live.progress.log();
+            }
+        })
+    };
+    loop {
+        live.progress.start_pass();
+        walk(&live, &fs).await;
+        live.progress.walk_done();
+        let c = live.progress.snapshot();
+        if c.failed_count == 0 {
+            live.progress.set_complete();
+            live.progress.write();
+            tracing::info!(
+                copied = c.files_copied,
+                copied_mib = c.bytes_copied / (1024 * 1024),
+                already_in_bucket = c.files_present,
+                deleted = c.files_deleted,
+                old_dir = %live.old_dir().display(),
+                status = %live.status_path().display(),
+                "migration complete: every file of the old directory is in the bucket; --migrate-from can be removed"
+            );
+            break;
+        }
+        live.progress.write();
+        tracing::warn!(
+            failed = c.failed_count,
+            status = %live.status_path().display(),
+            "migration pass finished with failures (listed in the status file); retrying in {} s",
+            live.cfg.retry_after.as_secs()
+        );
+        tokio::time::sleep(live.cfg.retry_after).await;
+    }
+    ticker.abort();
+}
+
+/// A multipart upload that a killed run left open for a key of the old tree is aborted: the
+/// file is copied again whole (S3 bills incomplete uploads until they are aborted).
+async fn abort_left_uploads(live: &Live, started: SystemTime) {
+    let uploads = match live.store.list_multipart_uploads(&live.cfg.prefix).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list incomplete multipart uploads (left ones are not aborted)");
+            return;
+        }
+    };
+    let mut aborted = 0;
+    for u in uploads {
+        let ours = live
+            .rel(&u.key)
+            .is_some_and(|rel| !rel.is_empty() && live.local(rel).symlink_metadata().is_ok());
+        let older = u.initiated.is_none_or(|t| t < started);
+        if !(ours && older) {
+            continue;
+        }
+        match live.store.abort_multipart(&u.key, &u.upload_id).await {
+            Ok(()) => aborted += 1,
+            Err(e) => {
+                tracing::warn!(key = %u.key, error = %e, "cannot abort an incomplete multipart upload")
+            }
+        }
+    }
+    if aborted > 0 {
+        tracing::info!(
+            aborted,
+            "aborted incomplete multipart uploads an earlier run left for files of the old directory"
+        );
+    }
+}
+
+/// Entries of one directory of the old tree (blocking I/O, off the async threads).
+async fn read_local(
+    path: std::path::PathBuf,
+) -> std::io::Result<Vec<(Result<String, String>, Local)>> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&path)? {
+            let e = e?;
+            let name = e
+                .file_name()
+                .into_string()
+                .map_err(|n| n.to_string_lossy().into_owned());
+            let local = match e.metadata() {
+                Ok(md) if md.is_dir() => Local::Dir,
+                Ok(md) if md.is_file() || md.file_type().is_symlink() => Local::Object(md.len()),
+                Ok(_) => Local::Other("not a regular file, directory or symlink"),
+                Err(_) => Local::Other("cannot stat"),
+            };
+            out.push((name, local));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The bucket's names in directory `prefix`: objects and sub-prefixes (all pages).
+async fn list_bucket(
+    live: &Live,
+    prefix: &str,
+) -> Result<(HashSet<String>, HashSet<String>), crate::store::StoreError> {
+    let mut objects = HashSet::new();
+    let mut dirs = HashSet::new();
+    let mut token = None;
+    loop {
+        let page = live.store.list(prefix, Some("/"), token, None).await?;
+        for o in page.objects {
+            if let Some(n) = o.key.strip_prefix(prefix) {
+                objects.insert(n.to_string());
+            }
+        }
+        for p in page.prefixes {
+            if let Some(n) = p.strip_prefix(prefix) {
+                dirs.insert(n.trim_end_matches('/').to_string());
+            }
+        }
+        token = page.next_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok((objects, dirs))
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// One pass over the old tree.
+async fn walk(live: &Arc<Live>, fs: &Arc<Fs>) {
+    let mut dirs = vec![String::new()];
+    while let Some(rel) = dirs.pop() {
+        if !rel.is_empty() && live.tombstoned(&rel) {
+            continue;
+        }
+        let entries = match read_local(live.local(&rel)).await {
+            Ok(e) => e,
+            Err(e) => {
+                live.progress
+                    .failed(&format!("{rel}/"), format!("reading the directory: {e}"));
+                continue;
+            }
+        };
+        let prefix = if rel.is_empty() {
+            live.cfg.prefix.clone()
+        } else {
+            format!("{}{rel}/", live.cfg.prefix)
+        };
+        let (objects, subdirs) = match list_bucket(live, &prefix).await {
+            Ok(l) => l,
+            Err(e) => {
+                live.progress
+                    .failed(&format!("{rel}/"), format!("listing the bucket: {e}"));
+                continue;
+            }
+        };
+        if entries.is_empty() && !rel.is_empty() && objects.is_empty() && subdirs.is_empty() {
+            // An empty directory: a `dir/` marker keeps it once the old tree is gone.
+            jobs_run(
+                live,
+                fs,
+                vec![Job {
+                    key: prefix.clone(),
+                    rel: rel.clone(),
+                }],
+                true,
+            )
+            .await;
+            continue;
+        }
+        let mut jobs = Vec::new();
+        for (name, local) in entries {
+            let name = match name {
+                Ok(n) => n,
+                Err(lossy) => {
+                    live.progress.failed(
+                        &join(&rel, &lossy),
+                        "the name is not UTF-8 (S3 keys are): rename it in the old directory"
+                            .into(),
+                    );
+                    continue;
+                }
+            };
+            let child = join(&rel, &name);
+            match local {
+                Local::Dir => dirs.push(child),
+                Local::Other(why) => {
+                    if !live.tombstoned(&child) {
+                        live.progress.failed(&child, why.into());
+                    }
+                }
+                Local::Object(size) => {
+                    live.progress.found(size);
+                    if live.tombstoned(&child) {
+                        live.progress.deleted();
+                    } else if objects.contains(&name) {
+                        live.progress.present();
+                    } else if subdirs.contains(&name) {
+                        live.progress.failed(
+                            &child,
+                            "the bucket has a directory of that name (the mount shows the directory)".into(),
+                        );
+                    } else {
+                        jobs.push(Job {
+                            key: format!("{prefix}{name}"),
+                            rel: child,
+                        });
+                    }
+                }
+            }
+        }
+        jobs_run(live, fs, jobs, false).await;
+    }
+}
+
+async fn jobs_run(live: &Arc<Live>, fs: &Arc<Fs>, jobs: Vec<Job>, marker: bool) {
+    futures::stream::iter(jobs)
+        .for_each_concurrent(live.cfg.parallel.max(1), |job| async move {
+            copy_one(live, fs, job, marker).await;
+            if !live.cfg.throttle.is_zero() {
+                tokio::time::sleep(live.cfg.throttle).await;
+            }
+        })
+        .await;
+}
+
+async fn copy_one(live: &Live, fs: &Fs, job: Job, marker: bool) {
+    let _g = live.lock(&job.key).await;
+    match live.copy_rel(&job.key, &job.rel).await {
+        Ok(Some(bytes)) => {
+            if marker {
+                live.progress.marked_dir();
+            } else {
+                live.progress.copied(bytes, false);
+            }
+            fs.migrated(job.key.trim_end_matches('/'));
+        }
+        Ok(None) if marker => {}
+        Ok(None) if live.tombstoned(&job.rel) => live.progress.deleted(),
+        Ok(None) => live.progress.present(),
+        Err(e) => {
+            tracing::warn!(path = %job.rel, error = %e, "copy failed (retried in the next pass)");
+            live.progress.failed(&job.rel, e.to_string());
+        }
+    }
+}
