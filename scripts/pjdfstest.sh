@@ -54,6 +54,8 @@ fi
 
 # --- work dir, server, mount ---------------------------------------------------
 W=$(mktemp -d /tmp/bucketfs-pjdfstest.XXXXXX)
+# mktemp makes it 0700: the dummy users pjdfstest switches to must be able to reach the mount.
+chmod 755 "$W"
 MNT=$W/mnt
 FS_PID=
 cleanup() {
