@@ -15,6 +15,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
+use crate::fs::inode::Special;
 use crate::fs::{Attr, FileKind, Fs, SetAttr};
 
 /// Largest read and write the kernel sends in one request.
@@ -50,27 +51,34 @@ impl FuseAdapter {
 }
 
 fn to_file_attr(a: &Attr, blksize: u32) -> FileAttr {
-    let (kind, nlink) = match a.kind {
-        FileKind::Dir => (FileType::Directory, 2),
-        FileKind::File => (FileType::RegularFile, 1),
-        FileKind::Symlink => (FileType::Symlink, 1),
-    };
     FileAttr {
         ino: a.ino,
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: a.mtime,
-        kind,
+        kind: file_type(a.kind),
         perm: a.perm,
-        nlink,
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize,
         flags: 0,
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Dir => FileType::Directory,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Special(Special::Fifo) => FileType::NamedPipe,
+        FileKind::Special(Special::Socket) => FileType::Socket,
+        FileKind::Special(Special::Char) => FileType::CharDevice,
+        FileKind::Special(Special::Block) => FileType::BlockDevice,
     }
 }
 
@@ -172,7 +180,7 @@ impl fuser::Filesystem for FuseAdapter {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<u64>,
@@ -190,6 +198,7 @@ impl fuser::Filesystem for FuseAdapter {
             gid,
             size,
             mtime: mtime.map(time),
+            atime: atime.map(time),
         };
         self.spawn(async move {
             match fs.setattr(ino, fh, s).await {
@@ -216,6 +225,28 @@ impl fuser::Filesystem for FuseAdapter {
             match fs.mkdir(parent, &name, mode, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &to_file_attr(&a, bs), 0),
                 Err(e) => reply.error(log_err("mkdir", &e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let fs = self.fs.clone();
+        let name = name.as_bytes().to_vec();
+        let (ttl, bs) = (self.ttl, self.blksize);
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(async move {
+            match fs.mknod(parent, &name, mode, rdev, uid, gid).await {
+                Ok(a) => reply.entry(&ttl, &to_file_attr(&a, bs), 0),
+                Err(e) => reply.error(log_err("mknod", &e)),
             }
         });
     }
@@ -448,11 +479,7 @@ impl fuser::Filesystem for FuseAdapter {
             match fs.readdir(ino, fh, offset).await {
                 Ok(entries) => {
                     for (i, e) in entries.iter().enumerate().skip(offset.max(0) as usize) {
-                        let kind = match e.attr.kind {
-                            FileKind::Dir => FileType::Directory,
-                            FileKind::File => FileType::RegularFile,
-                            FileKind::Symlink => FileType::Symlink,
-                        };
+                        let kind = file_type(e.attr.kind);
                         if reply.add(e.attr.ino, (i + 1) as i64, kind, &e.name) {
                             break;
                         }

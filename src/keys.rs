@@ -5,6 +5,19 @@ use std::collections::BTreeMap;
 
 /// Longest file-name component Linux accepts.
 pub const NAME_MAX: usize = 255;
+/// Longest key S3 accepts (bytes of UTF-8, mount prefix included).
+pub const KEY_MAX: usize = 1024;
+
+/// Whether a new object `key` fits S3's key limit; checked when a name is made, so the
+/// caller gets `ENAMETOOLONG` there and not an upload error at close.
+pub fn key_fits(key: &str) -> bool {
+    key.len() <= KEY_MAX
+}
+
+/// Whether directory `prefix` (ending in `/`) can hold at least a one-byte name.
+pub fn dir_fits(prefix: &str) -> bool {
+    prefix.len() < KEY_MAX
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -146,6 +159,10 @@ mod tests {
         assert_eq!(check_name(b"a\0b"), Err(NameError::BadByte));
         assert_eq!(check_name(&[0xff, 0xfe]), Err(NameError::NotUtf8));
         assert_eq!(NameError::TooLong.errno(), libc::ENAMETOOLONG);
+        assert!(key_fits(&"k".repeat(KEY_MAX)));
+        assert!(!key_fits(&"k".repeat(KEY_MAX + 1)));
+        assert!(dir_fits(&format!("{}/", "d".repeat(KEY_MAX - 2))));
+        assert!(!dir_fits(&format!("{}/", "d".repeat(KEY_MAX - 1))));
     }
 
     #[test]

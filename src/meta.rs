@@ -1,5 +1,5 @@
 //! Pure rules for object headers: Content-Type from the name, and POSIX attributes from
-//! s3fs-compatible user metadata (`x-amz-meta-mode/uid/gid/mtime`).
+//! s3fs-compatible user metadata (`x-amz-meta-mode/uid/gid/mtime/atime/ctime/rdev`).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +46,13 @@ pub struct PosixMeta {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mtime: Option<SystemTime>,
+    /// s3fs's `x-amz-meta-atime`: only set by utimes here (the mount is `noatime`).
+    pub atime: Option<SystemTime>,
+    /// s3fs's `x-amz-meta-ctime`: set by every change made through this mount.
+    pub ctime: Option<SystemTime>,
+    /// Device number of a character or block special file (s3fs's `x-amz-meta-rdev`, the
+    /// kernel's `dev_t` encoding in decimal).
+    pub rdev: Option<u32>,
 }
 
 /// Reads decimal modes (s3fs) and octal ones with a leading 0 (rclone).
@@ -83,10 +90,22 @@ impl PosixMeta {
             uid: m.get("uid").and_then(|v| v.trim().parse().ok()),
             gid: m.get("gid").and_then(|v| v.trim().parse().ok()),
             mtime: m.get("mtime").and_then(|v| parse_mtime(v)),
+            atime: m.get("atime").and_then(|v| parse_mtime(v)),
+            ctime: m.get("ctime").and_then(|v| parse_mtime(v)),
+            rdev: m.get("rdev").and_then(|v| v.trim().parse().ok()),
         }
     }
 
-    /// Writes the s3fs-compatible headers into `m` (decimal mode with type bits, integer mtime).
+    /// The file-type bits of the stored mode (`S_IFREG` when no mode or no type is stored).
+    pub fn type_bits(&self) -> u32 {
+        match self.mode.map(|m| m & libc::S_IFMT) {
+            None | Some(0) => libc::S_IFREG,
+            Some(t) => t,
+        }
+    }
+
+    /// Writes the s3fs-compatible headers into `m` (decimal mode with type bits, integer
+    /// times: geesefs parses only integers, so sub-second parts are not stored).
     pub fn write_to(&self, m: &mut HashMap<String, String>) {
         if let Some(v) = self.mode {
             m.insert("mode".into(), v.to_string());
@@ -97,14 +116,37 @@ impl PosixMeta {
         if let Some(v) = self.gid {
             m.insert("gid".into(), v.to_string());
         }
-        if let Some(t) = self.mtime {
-            let secs = t
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            m.insert("mtime".into(), secs.to_string());
+        for (name, t) in [
+            ("mtime", self.mtime),
+            ("atime", self.atime),
+            ("ctime", self.ctime),
+        ] {
+            if let Some(t) = t {
+                m.insert(name.into(), epoch_secs(t).to_string());
+            }
+        }
+        if let Some(v) = self.rdev {
+            m.insert("rdev".into(), v.to_string());
         }
     }
+}
+
+/// A time as object headers hold it (whole seconds), so what this mount shows before and
+/// after a HEAD is the same.
+pub fn whole_secs(t: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(epoch_secs(t))
+}
+
+/// Now, in whole seconds (see [`whole_secs`]).
+pub fn now_secs() -> SystemTime {
+    whole_secs(SystemTime::now())
+}
+
+/// Whole seconds since the epoch (0 for times before it).
+fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -157,10 +199,23 @@ mod tests {
             uid: Some(1000),
             gid: Some(1000),
             mtime: parse_mtime("5"),
+            ctime: parse_mtime("7.25"),
+            rdev: Some(0x0102),
+            ..PosixMeta::default()
         }
         .write_to(&mut m);
         assert_eq!(m["mode"], "33184");
-        assert_eq!(PosixMeta::from_metadata(&m).uid, Some(1000));
+        assert_eq!((m["ctime"].as_str(), m["rdev"].as_str()), ("7", "258"));
+        assert!(!m.contains_key("atime"));
+        let back = PosixMeta::from_metadata(&m);
+        assert_eq!((back.uid, back.rdev), (Some(1000), Some(258)));
+        assert_eq!(back.type_bits(), libc::S_IFREG);
+        let fifo = PosixMeta {
+            mode: Some(libc::S_IFIFO | 0o644),
+            ..PosixMeta::default()
+        };
+        assert_eq!(fifo.type_bits(), libc::S_IFIFO);
+        assert_eq!(PosixMeta::default().type_bits(), libc::S_IFREG);
     }
 }
 

@@ -13,12 +13,62 @@ pub enum Kind {
     Dir,
     /// s3fs-style: the object's body is the target, its mode has S_IFLNK.
     Symlink,
+    /// s3fs-style FIFO, socket or device: an empty object whose mode carries the type.
+    Special(Special),
+}
+
+/// The special file types; the kernel serves their opens (pipes) or refuses them (`nodev`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Special {
+    Fifo,
+    Socket,
+    Char,
+    Block,
+}
+
+impl Special {
+    pub fn from_type_bits(bits: u32) -> Option<Self> {
+        match bits {
+            libc::S_IFIFO => Some(Special::Fifo),
+            libc::S_IFSOCK => Some(Special::Socket),
+            libc::S_IFCHR => Some(Special::Char),
+            libc::S_IFBLK => Some(Special::Block),
+            _ => None,
+        }
+    }
+
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Special::Fifo => libc::S_IFIFO,
+            Special::Socket => libc::S_IFSOCK,
+            Special::Char => libc::S_IFCHR,
+            Special::Block => libc::S_IFBLK,
+        }
+    }
 }
 
 impl Kind {
-    /// A file or a symlink: both are one object.
+    /// A file, symlink or special file: each is one object.
     pub fn is_object(self) -> bool {
         self != Kind::Dir
+    }
+
+    /// The kind an object's stored mode says (regular when it says nothing else).
+    pub fn of_object(m: &FileMeta) -> Self {
+        match m.posix.type_bits() {
+            libc::S_IFLNK => Kind::Symlink,
+            bits => Special::from_type_bits(bits).map_or(Kind::File, Kind::Special),
+        }
+    }
+
+    /// The type bits stored in `x-amz-meta-mode` for an object of this kind.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Special(s) => s.type_bits(),
+        }
     }
 }
 
@@ -47,7 +97,7 @@ impl Node {
     pub fn is_local(&self) -> bool {
         match self.kind {
             Kind::Dir => self.pinned,
-            Kind::File | Kind::Symlink => self.writers > 0,
+            Kind::File | Kind::Symlink | Kind::Special(_) => self.writers > 0,
         }
     }
 }
@@ -122,11 +172,17 @@ impl Inodes {
     ) -> u64 {
         if let Some(ino) = self.child(parent, name) {
             if let Some(n) = self.nodes.get_mut(&ino) {
-                // A listing cannot tell a symlink from a file: keep what a HEAD said.
+                // A listing cannot tell a symlink or special file from a file: keep what a
+                // HEAD said about the same version.
                 let same_version =
                     n.meta.as_ref().map(|m| &m.etag) == meta.as_ref().map(|m| &m.etag);
+                let listed = meta.as_ref().is_some_and(|m| !m.posix_known);
                 let compatible = n.kind == kind
-                    || (n.kind == Kind::Symlink && kind == Kind::File && same_version);
+                    || (n.kind.is_object()
+                        && n.kind != Kind::File
+                        && kind == Kind::File
+                        && listed
+                        && same_version);
                 if compatible {
                     if kind.is_object() && n.writers == 0 {
                         n.meta = merge_meta(n.meta.take(), meta);

@@ -79,9 +79,15 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+    /// Device number of a character or block special file.
+    pub rdev: u32,
+    /// 0 for a file unlinked while open.
+    pub nlink: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +104,7 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -166,6 +173,26 @@ fn name_error(e: NameError) -> FsError {
     }
 }
 
+/// Key of a new object `dir/name`: `ENAMETOOLONG` past S3's key limit.
+fn new_key(dir: &str, name: &str) -> FsResult<String> {
+    let key = keys::file_key(dir, name);
+    if keys::key_fits(&key) {
+        Ok(key)
+    } else {
+        Err(FsError::NameTooLong)
+    }
+}
+
+/// An entry of directory `ino` was added, removed or renamed here: its mtime and ctime
+/// change (in memory, as all directory attributes: a directory has no object).
+fn dir_changed_now(t: &mut Inodes, ino: u64) {
+    if let Some(n) = t.get_mut(ino) {
+        let now = SystemTime::now();
+        n.dir_posix.mtime = Some(now);
+        n.dir_posix.ctime = Some(now);
+    }
+}
+
 fn not_found_or(e: StoreError) -> FsError {
     FsError::Store(e)
 }
@@ -208,16 +235,24 @@ impl Fs {
 
     fn attr_of(&self, ino: u64, n: &Node) -> Attr {
         match n.kind {
-            Kind::Dir => Attr {
-                ino,
-                kind: Kind::Dir,
-                size: 0,
-                mtime: n.dir_posix.mtime.unwrap_or(self.started),
-                perm: (n.dir_posix.mode.unwrap_or(self.cfg.dir_mode) & 0o7777) as u16,
-                uid: n.dir_posix.uid.unwrap_or(self.cfg.uid),
-                gid: n.dir_posix.gid.unwrap_or(self.cfg.gid),
-            },
-            Kind::File | Kind::Symlink => {
+            Kind::Dir => {
+                let p = &n.dir_posix;
+                let mtime = p.mtime.unwrap_or(self.started);
+                Attr {
+                    ino,
+                    kind: Kind::Dir,
+                    size: 0,
+                    mtime,
+                    atime: p.atime.unwrap_or(mtime),
+                    ctime: p.ctime.unwrap_or(mtime),
+                    perm: (p.mode.unwrap_or(self.cfg.dir_mode) & 0o7777) as u16,
+                    uid: p.uid.unwrap_or(self.cfg.uid),
+                    gid: p.gid.unwrap_or(self.cfg.gid),
+                    rdev: 0,
+                    nlink: 2,
+                }
+            }
+            Kind::File | Kind::Symlink | Kind::Special(_) => {
                 let m = n.meta.as_ref();
                 let p = m.map(|m| m.posix).unwrap_or_default();
                 let perm = if n.kind == Kind::Symlink {
@@ -225,14 +260,24 @@ impl Fs {
                 } else {
                     p.mode.unwrap_or(self.cfg.file_mode) & 0o7777
                 };
+                let mtime = p.mtime.or(m.map(|m| m.modified)).unwrap_or(self.started);
                 Attr {
                     ino,
                     kind: n.kind,
                     size: n.pending_size.or(m.map(|m| m.size)).unwrap_or(0),
-                    mtime: p.mtime.or(m.map(|m| m.modified)).unwrap_or(self.started),
+                    mtime,
+                    atime: p.atime.unwrap_or(mtime),
+                    // Objects other tools wrote carry no ctime: their last change is mtime.
+                    ctime: p.ctime.unwrap_or(mtime),
                     perm: perm as u16,
                     uid: p.uid.unwrap_or(self.cfg.uid),
                     gid: p.gid.unwrap_or(self.cfg.gid),
+                    rdev: if matches!(n.kind, Kind::Special(_)) {
+                        p.rdev.unwrap_or(0)
+                    } else {
+                        0
+                    },
+                    nlink: if n.unlinked { 0 } else { 1 },
                 }
             }
         }
@@ -352,11 +397,7 @@ impl Fs {
             Lookup::File(m) => t.upsert(
                 parent,
                 name,
-                if m.is_symlink() {
-                    Kind::Symlink
-                } else {
-                    Kind::File
-                },
+                Kind::of_object(&m),
                 keys::file_key(dir_prefix, name),
                 Some(m),
             ),
@@ -516,11 +557,7 @@ impl Fs {
                 Child::File(m) => t.upsert(
                     ino,
                     name,
-                    if m.is_symlink() {
-                        Kind::Symlink
-                    } else {
-                        Kind::File
-                    },
+                    Kind::of_object(m),
                     keys::file_key(&prefix, name),
                     Some(m.clone()),
                 ),
@@ -555,6 +592,9 @@ impl Fs {
     ) -> FsResult<Attr> {
         let name = keys::check_name(name).map_err(name_error)?;
         let dir = self.dir_node(parent)?;
+        if !keys::dir_fits(&keys::dir_prefix(&dir, name)) {
+            return Err(FsError::NameTooLong);
+        }
         if self.local_child(parent, name).is_some()
             || self.resolve(&dir, name).await? != Lookup::Missing
         {
@@ -570,8 +610,10 @@ impl Fs {
             uid: Some(uid),
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
+            ..PosixMeta::default()
         };
         let a = self.attr_of(ino, n);
+        dir_changed_now(&mut t, parent);
         self.cache.put(&keys::file_key(&dir, name), Lookup::Dir);
         self.cache.dir_changed(&dir);
         Ok(a)
@@ -612,7 +654,11 @@ impl Fs {
         // Deleting a missing key is a no-op on S3.
         self.old_tombstone(&node.key)?;
         self.store.delete(&node.key).await?;
-        self.inodes.lock().detach(parent, name);
+        {
+            let mut t = self.inodes.lock();
+            t.detach(parent, name);
+            dir_changed_now(&mut t, parent);
+        }
         self.cache.put(&keys::file_key(&dir, name), Lookup::Missing);
         self.cache.dir_changed(&dir);
         self.cache.dir_changed(&node.key);
@@ -643,6 +689,7 @@ impl Fs {
         if let Some(p) = t.get_mut(parent) {
             p.pinned = true;
         }
+        dir_changed_now(&mut t, parent);
         self.cache.put(&keys::file_key(dir, name), Lookup::Missing);
         self.cache.dir_changed(dir);
     }
@@ -713,7 +760,7 @@ impl Fs {
             }
         }
         match node.kind {
-            Kind::File | Kind::Symlink => {
+            Kind::File | Kind::Symlink | Kind::Special(_) => {
                 if let Some((_, t)) = &target {
                     if t.kind == Kind::Dir {
                         return Err(FsError::IsDir);
@@ -722,16 +769,21 @@ impl Fs {
                 if node.writers > 0 {
                     return Err(FsError::Busy("rename of a file open for writing"));
                 }
-                let new_key = keys::file_key(&dst_dir, new_name);
+                let new_key = new_key(&dst_dir, new_name)?;
                 let _g = self.old_lock2(&node.key, &new_key).await;
                 self.old_materialize(ino, true).await?;
                 self.old_tombstone(&node.key)?;
                 let info = self.store.head(&node.key).await.map_err(not_found_or)?;
                 let content_type =
                     meta::content_type_after_rename(name, new_name, info.content_type.as_deref());
+                // A rename changes the file's ctime (as s3fs records it).
+                let mut metadata = info.metadata.clone();
+                let mut posix = PosixMeta::from_metadata(&metadata);
+                posix.ctime = Some(meta::now_secs());
+                posix.write_to(&mut metadata);
                 let opts = PutOptions {
                     content_type,
-                    metadata: info.metadata.clone(),
+                    metadata,
                 };
                 self.copy_object(&node.key, &new_key, info.size, opts)
                     .await?;
@@ -748,6 +800,8 @@ impl Fs {
                     if let Some(p) = t.get_mut(parent) {
                         p.pinned = true;
                     }
+                    dir_changed_now(&mut t, parent);
+                    dir_changed_now(&mut t, new_parent);
                 }
                 self.cache
                     .put(&keys::file_key(&src_dir, name), Lookup::Missing);
@@ -763,6 +817,9 @@ impl Fs {
             }
             Kind::Dir => {
                 let new_prefix = keys::dir_prefix(&dst_dir, new_name);
+                if !keys::dir_fits(&new_prefix) {
+                    return Err(FsError::NameTooLong);
+                }
                 if new_prefix.starts_with(&node.key) {
                     return Err(FsError::Invalid); // into itself
                 }
@@ -787,10 +844,13 @@ impl Fs {
                     t.move_node(ino, new_parent, new_name, new_prefix.clone());
                     if let Some(n) = t.get_mut(ino) {
                         n.pinned = true; // it stays, even if empty
+                        n.dir_posix.ctime = Some(SystemTime::now());
                     }
                     if let Some(p) = t.get_mut(parent) {
                         p.pinned = true;
                     }
+                    dir_changed_now(&mut t, parent);
+                    dir_changed_now(&mut t, new_parent);
                 }
                 self.cache.clear();
                 Ok(())
@@ -814,6 +874,13 @@ impl Fs {
             if token.is_none() {
                 break;
             }
+        }
+        // Refused before anything is copied: some key would pass S3's limit at its new place.
+        if keys_sizes
+            .iter()
+            .any(|(k, _)| !keys::key_fits(&format!("{to}{}", &k[from.len()..])))
+        {
+            return Err(FsError::NameTooLong);
         }
         stream::iter(keys_sizes.iter().cloned().map(Ok::<_, FsError>))
             .try_for_each_concurrent(RENAME_PARALLELISM, |(k, size)| async move {
@@ -862,6 +929,8 @@ impl Fs {
             p.uid = s.uid.or(p.uid);
             p.gid = s.gid.or(p.gid);
             p.mtime = s.mtime.or(p.mtime);
+            p.atime = s.atime.or(p.atime);
+            p.ctime = Some(SystemTime::now());
             return Ok(self.attr_of(ino, n));
         }
         if fh.is_none() {
@@ -871,7 +940,12 @@ impl Fs {
         if let Some(size) = s.size {
             self.truncate(ino, fh, size).await?;
         }
-        if s.mode.is_some() || s.uid.is_some() || s.gid.is_some() || s.mtime.is_some() {
+        if s.mode.is_some()
+            || s.uid.is_some()
+            || s.gid.is_some()
+            || s.mtime.is_some()
+            || s.atime.is_some()
+        {
             self.set_posix(ino, &s).await?;
         }
         self.node_attr(ino)
@@ -883,11 +957,7 @@ impl Fs {
         let (key, uploaded) = {
             let mut t = self.inodes.lock();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-            let kind_bits = if n.kind == Kind::Symlink {
-                libc::S_IFLNK
-            } else {
-                libc::S_IFREG
-            };
+            let kind_bits = n.kind.type_bits();
             let m = n.meta.get_or_insert_with(|| FileMeta {
                 size: 0,
                 etag: None,
@@ -900,7 +970,9 @@ impl Fs {
             p.mode = Some(kind_bits | (s.mode.unwrap_or(cur_mode) & 0o7777));
             p.uid = s.uid.or(p.uid);
             p.gid = s.gid.or(p.gid);
-            p.mtime = s.mtime.or(p.mtime);
+            p.mtime = s.mtime.map(meta::whole_secs).or(p.mtime);
+            p.atime = s.atime.map(meta::whole_secs).or(p.atime);
+            p.ctime = Some(meta::now_secs());
             (n.key.clone(), m.etag.is_some())
         };
         if !uploaded {
@@ -955,47 +1027,100 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        let name = keys::check_name(name).map_err(name_error)?;
         if target.is_empty() || target.len() > 4096 {
             return Err(FsError::Invalid);
         }
+        let mode = libc::S_IFLNK | 0o777;
+        let body = Bytes::copy_from_slice(target);
+        self.create_object(parent, name, Kind::Symlink, body, mode, 0, uid, gid)
+            .await
+    }
+
+    /// mknod: s3fs's format for FIFOs, sockets and devices, an empty object whose
+    /// `x-amz-meta-mode` carries the type and `x-amz-meta-rdev` the device number. Opening
+    /// one never reaches bucketfs: the kernel serves FIFOs and sockets itself and refuses
+    /// devices (`nodev`). A regular file is an empty object, as `touch` makes.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let bits = mode & libc::S_IFMT;
+        let kind = match bits {
+            0 | libc::S_IFREG => Kind::File,
+            b => Kind::Special(inode::Special::from_type_bits(b).ok_or(FsError::Invalid)?),
+        };
+        let rdev = match kind {
+            Kind::Special(inode::Special::Char | inode::Special::Block) => rdev,
+            _ => 0,
+        };
+        let mode = kind.type_bits() | (mode & 0o7777);
+        self.create_object(parent, name, kind, Bytes::new(), mode, rdev, uid, gid)
+            .await
+    }
+
+    /// Writes a new object `parent/name` of `kind` in one PutObject, with its mode, owner,
+    /// times (and device number) as s3fs-compatible metadata.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_object(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        body: Bytes,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let name = keys::check_name(name).map_err(name_error)?;
         let dir = self.dir_node(parent)?;
+        let key = new_key(&dir, name)?;
         if self.local_child(parent, name).is_some()
             || self.resolve(&dir, name).await? != Lookup::Missing
         {
             return Err(FsError::Exists);
         }
-        let key = keys::file_key(&dir, name);
-        let now = SystemTime::now();
+        let now = meta::now_secs();
         let posix = PosixMeta {
-            mode: Some(libc::S_IFLNK | 0o777),
+            mode: Some(mode),
             uid: Some(uid),
             gid: Some(gid),
             mtime: Some(now),
+            ctime: Some(now),
+            rdev: (rdev != 0).then_some(rdev),
+            ..PosixMeta::default()
         };
         let mut metadata = HashMap::new();
         posix.write_to(&mut metadata);
         let opts = PutOptions {
-            content_type: meta::DEFAULT_TYPE.to_string(),
+            content_type: if kind == Kind::File {
+                meta::content_type_for(name)
+            } else {
+                meta::DEFAULT_TYPE.to_string()
+            },
             metadata,
         };
-        let etag = self
-            .store
-            .put(&key, Bytes::copy_from_slice(target), &opts)
-            .await?;
+        let size = body.len() as u64;
+        let etag = self.store.put(&key, body, &opts).await?;
         let m = FileMeta {
-            size: target.len() as u64,
+            size,
             etag,
             modified: now,
             posix,
             posix_known: true,
         };
         let mut t = self.inodes.lock();
-        let ino = t.upsert(parent, name, Kind::Symlink, key.clone(), Some(m.clone()));
+        let ino = t.upsert(parent, name, kind, key.clone(), Some(m.clone()));
         if let Some(n) = t.get_mut(ino) {
             n.meta = Some(m.clone());
             n.unlinked = false;
         }
+        dir_changed_now(&mut t, parent);
         self.object_changed(&key, Lookup::File(m));
         let n = t.get(ino).ok_or(FsError::NotFound)?;
         Ok(self.attr_of(ino, n))

@@ -228,7 +228,7 @@ impl Harness {
                 let p = join(&path, &e.name);
                 match e.attr.kind {
                     Kind::Dir => stack.push((e.attr.ino, p)),
-                    Kind::File | Kind::Symlink => {
+                    Kind::File | Kind::Symlink | Kind::Special(_) => {
                         let fh = self
                             .fs
                             .open(e.attr.ino, libc::O_RDONLY)

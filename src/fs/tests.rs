@@ -442,3 +442,215 @@ async fn a_reader_keeps_its_version_or_fails_and_a_fresh_open_sees_the_new_one()
     assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"VERSION-TWO");
     fs.release(fh).await.unwrap();
 }
+
+#[tokio::test]
+async fn mknod_stores_s3fs_special_files_and_a_fresh_mount_reads_them_back() {
+    use inode::Special;
+    let (store, fs) = setup();
+    let fifo = fs
+        .mknod(ROOT, b"fifo", libc::S_IFIFO | 0o640, 0, 7, 8)
+        .await
+        .unwrap();
+    assert_eq!(
+        (fifo.kind, fifo.perm, fifo.uid),
+        (Kind::Special(Special::Fifo), 0o640, 7)
+    );
+    let dev = libc::makedev(1, 3) as u32;
+    let chr = fs
+        .mknod(ROOT, b"null", libc::S_IFCHR | 0o600, dev, 0, 0)
+        .await
+        .unwrap();
+    assert_eq!((chr.kind, chr.rdev), (Kind::Special(Special::Char), dev));
+    let sock = fs
+        .mknod(ROOT, b"sock", libc::S_IFSOCK | 0o755, 0, 0, 0)
+        .await;
+    assert_eq!(sock.unwrap().kind, Kind::Special(Special::Socket));
+    let reg = fs
+        .mknod(ROOT, b"reg.txt", libc::S_IFREG | 0o644, 0, 0, 0)
+        .await;
+    assert_eq!(reg.unwrap().kind, Kind::File);
+    assert_eq!(
+        fs.mknod(ROOT, b"fifo", libc::S_IFIFO | 0o644, 0, 0, 0)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    // Empty objects; the type and device live in s3fs's headers.
+    let snap = store.snapshot();
+    assert!(["fifo", "null", "sock", "reg.txt"]
+        .iter()
+        .all(|k| snap[*k].is_empty()));
+    let info = store.head("null").await.unwrap();
+    assert_eq!(info.metadata["mode"], (libc::S_IFCHR | 0o600).to_string());
+    assert_eq!(info.metadata["rdev"], dev.to_string());
+    // chmod keeps the type bits.
+    fs.setattr(
+        fifo.ino,
+        None,
+        SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    let info = store.head("fifo").await.unwrap();
+    assert_eq!(info.metadata["mode"], (libc::S_IFIFO | 0o600).to_string());
+    // A fresh mount: the listing alone says "file", a lookup (HEAD) says what it is, and
+    // the listing afterwards keeps what the HEAD said.
+    let fs2 = Fs::new(store.clone(), cfg()).unwrap();
+    assert_eq!(
+        names(&fs2, ROOT).await,
+        vec!["fifo", "null", "reg.txt", "sock"]
+    );
+    let l = fs2.lookup(ROOT, b"null").await.unwrap();
+    assert_eq!(
+        (l.kind, l.rdev, l.perm),
+        (Kind::Special(Special::Char), dev, 0o600)
+    );
+    let fh = fs2.opendir(ROOT).unwrap();
+    let e = fs2.readdir(ROOT, fh, 0).await.unwrap();
+    fs2.releasedir(fh);
+    let null = e.iter().find(|e| e.name == "null").unwrap();
+    assert_eq!(null.attr.kind, Kind::Special(Special::Char));
+    // rename and unlink work on them like on files.
+    fs2.rename(ROOT, b"null", ROOT, b"zero", 0).await.unwrap();
+    let z = fs2.lookup(ROOT, b"zero").await.unwrap();
+    assert_eq!((z.kind, z.rdev), (Kind::Special(Special::Char), dev));
+    fs2.unlink(ROOT, b"zero").await.unwrap();
+    assert!(!store.snapshot().contains_key("zero"));
+    assert_eq!(
+        fs2.mknod(ROOT, b"d", libc::S_IFDIR | 0o755, 0, 0, 0)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
+}
+
+#[tokio::test]
+async fn names_past_the_s3_key_limit_fail_when_made() {
+    let (store, fs) = setup();
+    // Nested 200-byte components: the fifth directory's keys would pass 1024 bytes.
+    let comp = "d".repeat(200);
+    let mut dir = ROOT;
+    for _ in 0..5 {
+        dir = fs
+            .mkdir(dir, comp.as_bytes(), 0o755, 0, 0)
+            .await
+            .unwrap()
+            .ino;
+    }
+    // 5 * 201 = 1005 bytes of prefix: a 19-byte name fits, a 20-byte one does not.
+    let ok = "f".repeat(19);
+    let long = "f".repeat(20);
+    write_file(&fs, dir, &ok, b"x").await.unwrap();
+    let too = |r: FsResult<Attr>| r.map(|_| ()).unwrap_err().errno();
+    let create = fs
+        .create(dir, long.as_bytes(), 0o644, libc::O_WRONLY, 0, 0)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(create.errno(), libc::ENAMETOOLONG);
+    assert_eq!(
+        too(fs.mknod(dir, long.as_bytes(), libc::S_IFIFO, 0, 0, 0).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        too(fs.symlink(dir, long.as_bytes(), b"t", 0, 0).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        too(fs.mkdir(dir, &[b'e'; 18], 0o755, 0, 0).await),
+        libc::ENAMETOOLONG
+    );
+    let r = fs.rename(dir, ok.as_bytes(), dir, long.as_bytes(), 0).await;
+    assert_eq!(r.unwrap_err().errno(), libc::ENAMETOOLONG);
+    // A directory rename that would push a key below it past the limit copies nothing.
+    let before = store.snapshot();
+    let r = fs
+        .rename(ROOT, comp.as_bytes(), ROOT, "e".repeat(230).as_bytes(), 0)
+        .await;
+    assert_eq!(r.unwrap_err().errno(), libc::ENAMETOOLONG);
+    assert_eq!(store.snapshot(), before);
+    // A single component over 255 bytes, as before.
+    assert_eq!(
+        too(fs.mkdir(ROOT, &[b'n'; 256], 0o755, 0, 0).await),
+        libc::ENAMETOOLONG
+    );
+}
+
+#[tokio::test]
+async fn times_follow_changes_and_match_what_a_head_reads() {
+    let (store, fs) = setup();
+    let d = fs.mkdir(ROOT, b"d", 0o755, 0, 0).await.unwrap();
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    // Directory times live in memory; every entry change moves mtime and ctime.
+    fs.setattr(
+        d.ino,
+        None,
+        SetAttr {
+            mtime: Some(old),
+            atime: Some(old),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a = fs.getattr(d.ino).await.unwrap();
+    assert_eq!((a.mtime, a.atime), (old, old));
+    assert!(a.ctime > old, "utimes changes ctime");
+    let f = write_file(&fs, d.ino, "f", b"abc").await.unwrap();
+    let a = fs.getattr(d.ino).await.unwrap();
+    assert!(
+        a.mtime > old && a.ctime > old,
+        "create moves the parent's times"
+    );
+    assert_eq!(a.atime, old);
+    // utimes on a file stores mtime and atime (s3fs headers), and sets ctime to now.
+    let sub = SystemTime::UNIX_EPOCH + Duration::new(2_000_000, 500_000_000);
+    fs.setattr(
+        f,
+        None,
+        SetAttr {
+            mtime: Some(sub),
+            atime: Some(old),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    let info = store.head("d/f").await.unwrap();
+    assert_eq!(info.metadata["mtime"], "2000000"); // whole seconds, as s3fs and geesefs read
+    assert_eq!(info.metadata["atime"], "1000000");
+    let a = fs.getattr(f).await.unwrap();
+    assert_eq!(
+        a.mtime,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000)
+    );
+    assert_eq!(a.atime, old);
+    let ctime = a.ctime;
+    assert!(ctime > sub);
+    // A fresh mount shows the same times.
+    let fs2 = Fs::new(store.clone(), cfg()).unwrap();
+    let d2 = fs2.lookup(ROOT, b"d").await.unwrap();
+    let a2 = fs2.lookup(d2.ino, b"f").await.unwrap();
+    assert_eq!((a2.mtime, a2.atime, a2.ctime), (a.mtime, a.atime, ctime));
+    // A write moves mtime and ctime to now.
+    let fh = fs.open(f, libc::O_WRONLY).await.unwrap();
+    fs.write(fh, 0, b"z").await.unwrap();
+    fs.release(fh).await.unwrap();
+    let a = fs.getattr(f).await.unwrap();
+    assert!(a.mtime > sub && a.ctime >= ctime);
+    let info = store.head("d/f").await.unwrap();
+    assert_ne!(info.metadata["mtime"], "2000000");
+    // Unlinked while open: link count 0, and the handle still reads and writes.
+    let fh = fs.open(f, libc::O_RDWR).await.unwrap();
+    fs.unlink(d.ino, b"f").await.unwrap();
+    assert_eq!(fs.getattr(f).await.unwrap().nlink, 0);
+    fs.write(fh, 0, b"hello").await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 5).await.unwrap()[..], b"hello");
+    fs.release(fh).await.unwrap();
+    assert!(!store.snapshot().contains_key("d/f"));
+}

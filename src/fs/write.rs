@@ -59,6 +59,21 @@ impl Fs {
         }
     }
 
+    /// The content changed (write, truncate): mtime and ctime are now, and the next upload
+    /// stores them.
+    fn data_changed(&self, ino: u64, size: Option<u64>) {
+        if let Some(n) = self.inodes.lock().get_mut(ino) {
+            if size.is_some() {
+                n.pending_size = size;
+            }
+            if let Some(m) = n.meta.as_mut() {
+                let now = crate::meta::now_secs();
+                m.posix.mtime = Some(now);
+                m.posix.ctime = Some(now);
+            }
+        }
+    }
+
     fn file_handle(&self, ino: u64, writer: Option<Version>) -> u64 {
         // A reader is pinned to the version current at open (no request is made here).
         let reader = if writer.is_none() {
@@ -101,8 +116,8 @@ impl Fs {
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
-        let key = keys::file_key(&dir, name);
-        let now = SystemTime::now();
+        let key = super::new_key(&dir, name)?;
+        let now = crate::meta::now_secs();
         let meta = FileMeta {
             size: 0,
             etag: None,
@@ -115,6 +130,8 @@ impl Fs {
                 uid: (uid != self.cfg.uid).then_some(uid),
                 gid: (gid != self.cfg.gid).then_some(gid),
                 mtime: Some(now),
+                ctime: Some(now),
+                ..PosixMeta::default()
             },
             posix_known: true,
         };
@@ -126,6 +143,7 @@ impl Fs {
             n.writers += 1;
             n.unlinked = false;
             n.pending_size = Some(0);
+            super::dir_changed_now(&mut t, parent);
             ino
         };
         self.cache.forget(&key);
@@ -167,9 +185,9 @@ impl Fs {
             let mut t = self.inodes.lock();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             n.writers += 1;
-            if f.truncate {
-                n.pending_size = Some(0);
-            }
+        }
+        if f.truncate {
+            self.data_changed(ino, Some(0));
         }
         Ok(self.file_handle(ino, Some(v)))
     }
@@ -185,7 +203,7 @@ impl Fs {
         v.write(offset, data).await?;
         let size = v.size();
         f.close_failed = false;
-        self.set_pending(ino, Some(size));
+        self.data_changed(ino, Some(size));
         Ok(data.len() as u32)
     }
 
@@ -209,7 +227,7 @@ impl Fs {
                 let mut f = f.lock().await;
                 if let Some(v) = f.writer.as_mut() {
                     v.truncate(size)?;
-                    self.set_pending(ino, Some(size));
+                    self.data_changed(ino, Some(size));
                     return Ok(());
                 }
             }
@@ -226,6 +244,7 @@ impl Fs {
         let mut v = self.new_version(ino, self.base_of(ino))?;
         v.truncate(size)?;
         v.mark_dirty();
+        self.data_changed(ino, None);
         self.finish(ino, &mut v).await
     }
 
