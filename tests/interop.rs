@@ -144,6 +144,19 @@ impl Drop for S3fs {
 }
 
 /// (type+mode, uid, gid, mtime seconds) as lstat shows them.
+fn mkfifo(p: &Path, mode: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), mode) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
 fn attrs(p: &Path) -> (u32, u32, u32, i64) {
     let st = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
     (st.mode(), st.uid(), st.gid(), st.mtime())
@@ -202,9 +215,11 @@ fn bucketfs_metadata_seen_by_s3fs() {
     fs::set_permissions(bp("run.sh"), fs::Permissions::from_mode(0o755)).expect("chmod");
     write_close(&bp("plain.txt"), b"plain").unwrap();
     let symlink = std::os::unix::fs::symlink("f.txt", bp("link"));
+    mkfifo(&bp("pipe"), 0o640);
     let in_bucketfs = [
         ("f.txt", attrs(&bp("f.txt"))),
         ("run.sh", attrs(&bp("run.sh"))),
+        ("pipe", attrs(&bp("pipe"))),
     ];
     assert_eq!(
         in_bucketfs[0].1,
@@ -270,6 +285,7 @@ fn s3fs_metadata_seen_by_bucketfs() {
     sh_ok(&format!("touch -d @1500000000 {}", q(sp("g.txt"))));
     fs::write(sp("plain.txt"), b"plain\n").expect("write via s3fs");
     std::os::unix::fs::symlink("g.txt", sp("slink")).expect("ln -s via s3fs");
+    mkfifo(&sp("spipe"), 0o600);
     fs::create_dir(sp("sub")).expect("mkdir via s3fs");
     let g = attrs(&sp("g.txt"));
     assert_eq!(g, (0o100600, 4321, 5432, 1_500_000_000), "s3fs itself");
@@ -298,6 +314,10 @@ fn s3fs_metadata_seen_by_bucketfs() {
         b"hi\n",
         "read through s3fs's link"
     );
+    // FIFO made by s3fs (mknod: empty object, S_IFIFO in x-amz-meta-mode)
+    let p = attrs(&sp("spipe"));
+    assert_eq!(p.0, libc::S_IFIFO | 0o600, "s3fs itself: FIFO");
+    until_bucketfs(&bp("spipe"), p, "FIFO made by s3fs");
     // s3fs's directory (a `sub/` marker object) is a directory in bucketfs, never a file
     assert!(
         fs::metadata(bp("sub")).unwrap().is_dir(),

@@ -590,6 +590,111 @@ fn hard_link_is_refused() {
 }
 
 // ==========================================================================================
+// special files (s3fs format: empty object, type in x-amz-meta-mode, device in -rdev)
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+#[test]
+fn fifos_sockets_and_devices() {
+    let mut c = Case::new();
+    let fifo = c.path("fifo");
+    let rc = unsafe { libc::mkfifo(cpath(&fifo).as_ptr(), 0o640) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    // The kernel carries the bytes: bucketfs only stores the name.
+    let w = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::write(&fifo, b"through the pipe"))
+    };
+    assert_eq!(
+        fs::read(&fifo).unwrap(),
+        b"through the pipe",
+        "read the FIFO"
+    );
+    w.join().unwrap().unwrap();
+    let sock = c.path("sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).expect("bind a unix socket");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    s.write_all(b"x").unwrap();
+    drop((l, s));
+    // Devices need CAP_MKNOD (tests run as root; elsewhere that part is skipped).
+    let dev = libc::makedev(1, 3);
+    let chr = c.path("null");
+    let made = unsafe { libc::mknod(cpath(&chr).as_ptr(), libc::S_IFCHR | 0o600, dev) } == 0;
+    let check = |when: &str| {
+        let st = lstat(&fifo).unwrap();
+        assert_eq!(st.st_mode, libc::S_IFIFO | 0o640, "{when}: FIFO mode");
+        let st = lstat(&sock).unwrap();
+        assert_eq!(
+            st.st_mode & libc::S_IFMT,
+            libc::S_IFSOCK,
+            "{when}: socket type"
+        );
+        if made {
+            let st = lstat(&chr).unwrap();
+            assert_eq!(st.st_mode, libc::S_IFCHR | 0o600, "{when}: device mode");
+            assert_eq!(st.st_rdev, dev, "{when}: device number");
+        }
+    };
+    check("mounted");
+    assert_object(&c.key("fifo"), b"", "FIFO object");
+    let m = s3().meta(&c.key("fifo")).unwrap();
+    assert_eq!(
+        m.get("mode").and_then(|s| parse_mode(s)),
+        Some(libc::S_IFIFO | 0o640),
+        "x-amz-meta-mode of the FIFO: {m:?}"
+    );
+    if made {
+        let m = s3().meta(&c.key("null")).unwrap();
+        assert_eq!(
+            m.get("rdev"),
+            Some(&dev.to_string()),
+            "x-amz-meta-rdev: {m:?}"
+        );
+    }
+    c.m.remount();
+    check("after remount");
+    fs::rename(&fifo, c.path("fifo2")).expect("rename a FIFO");
+    let st = lstat(&c.path("fifo2")).unwrap();
+    assert_eq!(st.st_mode, libc::S_IFIFO | 0o640, "renamed FIFO");
+    fs::remove_file(c.path("fifo2")).expect("unlink a FIFO");
+    assert!(!s3().exists(&c.key("fifo2")), "unlinked FIFO object gone");
+}
+
+/// S3 keys stop at 1024 bytes: a longer name is refused when it is made, not at close.
+#[test]
+fn names_past_the_key_limit_fail_at_create() {
+    let c = Case::new();
+    let comp = "d".repeat(200);
+    let mut rel = String::new();
+    for _ in 0..4 {
+        rel.push_str(&comp);
+        fs::create_dir(c.path(&rel)).expect("mkdir of a 200-byte component");
+        rel.push('/');
+    }
+    let room = 1024 - c.key(&rel).len();
+    let fits = format!("{rel}{}", "f".repeat(room));
+    write_close(&c.path(&fits), b"fits").expect("a 1024-byte key");
+    assert_object(&c.key(&fits), b"fits", "1024-byte key");
+    let long = format!("{rel}{}", "g".repeat(room + 1));
+    let e = fs::File::create(c.path(&long)).expect_err("create of a 1025-byte key");
+    assert_eq!(errno_of(&e), libc::ENAMETOOLONG, "create: {e}");
+    let e = fs::create_dir(c.path(&long)).expect_err("mkdir past the limit");
+    assert_eq!(errno_of(&e), libc::ENAMETOOLONG, "mkdir: {e}");
+    let e = std::os::unix::fs::symlink("t", c.path(&long)).expect_err("symlink");
+    assert_eq!(errno_of(&e), libc::ENAMETOOLONG, "symlink: {e}");
+    let e = fs::rename(c.path(&fits), c.path(&long)).expect_err("rename");
+    assert_eq!(errno_of(&e), libc::ENAMETOOLONG, "rename: {e}");
+    assert_object(&c.key(&fits), b"fits", "rename refused: the file stays");
+    assert!(
+        fs::symlink_metadata(c.path(&long)).is_err(),
+        "nothing at the long name"
+    );
+}
+
+// ==========================================================================================
 // two mounts of one bucket (two authentik hosts)
 
 const TTL_SECS: u64 = 2;
