@@ -209,6 +209,13 @@ impl Live {
     }
 }
 
+impl Drop for Live {
+    /// The status file shows the last counts after an unmount (the copier's task is gone).
+    fn drop(&mut self) {
+        self.progress.write();
+    }
+}
+
 fn copy_error(rel: &str, e: MigrateError) -> FsError {
     tracing::warn!(path = %rel, error = %e, "copying from the old directory failed");
     match e {
