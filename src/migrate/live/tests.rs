@@ -347,3 +347,70 @@ async fn the_copier_uploads_with_type_and_metadata_and_keeps_newer_keys() {
     assert_eq!(a.mtime, UNIX_EPOCH + Duration::from_secs(1_600_000_000));
     assert_eq!(read_all(&fs, a.ino).await, b"<svg/>");
 }
+
+#[tokio::test]
+async fn a_commit_or_unlink_waits_for_a_copy_in_flight_and_wins() {
+    let w = World::new();
+    let live = w.live();
+    let fs = w.fs(&live);
+    let key = "reports/public/r.csv";
+    let a = walk(&fs, key).await;
+    let fh = fs
+        .open(a.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"NEW").await.unwrap();
+    // The copier holds the path (its upload in flight).
+    let g = live.lock(key).await;
+    let fs2 = fs.clone();
+    let commit = tokio::spawn(async move {
+        fs2.flush(fh).await.unwrap();
+        fs2.release(fh).await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!commit.is_finished(), "the commit waits for the copy");
+    live.copy_locked(key).await.unwrap();
+    assert_eq!(w.in_bucket(key).as_deref(), Some(&b"a,b\n1,2\n"[..]));
+    drop(g);
+    commit.await.unwrap();
+    assert_eq!(
+        w.in_bucket(key).as_deref(),
+        Some(&b"NEW"[..]),
+        "the write wins"
+    );
+    {
+        let _g = live.lock(key).await;
+        live.copy_locked(key).await.unwrap();
+    }
+    assert_eq!(
+        w.in_bucket(key).as_deref(),
+        Some(&b"NEW"[..]),
+        "a later copy keeps it"
+    );
+
+    // An unlink during a copy: it waits, then the path is gone from both views for good.
+    let key = "user_settings.py";
+    walk(&fs, key).await;
+    let g = live.lock(key).await;
+    let fs2 = fs.clone();
+    let unlink = tokio::spawn(async move { fs2.unlink(ROOT, b"user_settings.py").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!unlink.is_finished(), "the unlink waits for the copy");
+    live.copy_locked(key).await.unwrap();
+    drop(g);
+    unlink.await.unwrap().unwrap();
+    assert_eq!(w.in_bucket(key), None);
+    {
+        let _g = live.lock(key).await;
+        live.copy_locked(key).await.unwrap();
+    }
+    assert_eq!(
+        w.in_bucket(key),
+        None,
+        "a deleted path is never copied back"
+    );
+    assert!(matches!(
+        fs.lookup(ROOT, b"user_settings.py").await,
+        Err(FsError::NotFound)
+    ));
+}
