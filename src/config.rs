@@ -44,6 +44,9 @@ pub enum Command {
     FixContentType(crate::bucket::FixArgs),
     /// The URL a browser gets for a file, by authentik's rules.
     Url(crate::bucket::UrlArgs),
+    /// Copy a local directory to s3://BUCKET[/PREFIX] or back, in the mount's layout:
+    /// verified, with Content-Type and POSIX metadata, skipping what is identical, resumable.
+    Migrate(crate::migrate::MigrateArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -544,6 +544,7 @@ pub fn run(cmd: &crate::config::Command) -> i32 {
         Command::FixContentType(a) => fixct::run(a),
         Command::Url(a) => url::run(a),
         Command::Mount(_) => Err(CmdError::Usage("mount is not a bucket command".into())),
+        Command::Migrate(a) => Ok(crate::migrate::run(a)),
     };
     match r {
         Ok(code) => code,
