@@ -137,6 +137,11 @@ pub fn whole_secs(t: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(epoch_secs(t))
 }
 
+/// A time as an s3fs header value: decimal whole seconds since the epoch.
+pub fn secs_header(t: SystemTime) -> String {
+    epoch_secs(t).to_string()
+}
+
 /// Now, in whole seconds (see [`whole_secs`]).
 pub fn now_secs() -> SystemTime {
     whole_secs(SystemTime::now())

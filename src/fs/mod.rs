@@ -776,11 +776,10 @@ impl Fs {
                 let info = self.store.head(&node.key).await.map_err(not_found_or)?;
                 let content_type =
                     meta::content_type_after_rename(name, new_name, info.content_type.as_deref());
-                // A rename changes the file's ctime (as s3fs records it).
+                // A rename changes the file's ctime (as s3fs records it); the other tools'
+                // headers are kept as they were written.
                 let mut metadata = info.metadata.clone();
-                let mut posix = PosixMeta::from_metadata(&metadata);
-                posix.ctime = Some(meta::now_secs());
-                posix.write_to(&mut metadata);
+                metadata.insert("ctime".into(), meta::secs_header(SystemTime::now()));
                 let opts = PutOptions {
                     content_type,
                     metadata,
