@@ -11,6 +11,22 @@ const UNIT: u64 = 1024;
 /// Longest wait for room before a buffer is allowed over budget.
 pub const OVERCOMMIT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Buffers from this size up get their own mapping, given back to the kernel when freed.
+const MMAP_FROM: i32 = 1 << 20;
+
+/// Makes freed read-ahead and part buffers leave the process: glibc's default raises its
+/// mmap threshold after the first large free, after which multi-MiB buffers come from the
+/// heap arenas and stay resident when freed (measured: 450 MiB resident after 4 streams had
+/// finished, with nothing reserved in the budget). A fixed threshold keeps them mmapped.
+/// Call once at start-up, before other threads allocate.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before other threads run.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
+    }
+}
+
 #[derive(Clone)]
 pub struct MemoryBudget {
     sem: Arc<Semaphore>,

@@ -102,7 +102,7 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
     pub metadata_ttl: f64,
     /// Memory (MiB) for read-ahead and upload buffers together.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 240)]
     pub max_memory: u64,
     /// First multipart part size (MiB, at least 5); parts grow for very large files.
     #[arg(long, default_value_t = 8)]

@@ -212,6 +212,7 @@ fn mount_options(args: &MountArgs, bucket: &str) -> Vec<MountOption> {
 
 /// Runs `bucketfs mount` to the end; returns the exit status.
 pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
+    crate::budget::tune_allocator();
     let uid = unsafe { libc::getuid() };
     let gid = unsafe { libc::getgid() };
     let cfg = args.fs_config(uid, gid).map_err(StartError)?;

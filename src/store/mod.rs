@@ -1,6 +1,7 @@
 //! The object-store layer: the S3 calls the filesystem needs, behind one trait, so the
 //! filesystem logic runs unchanged over real S3 (`s3`) or an in-memory map (`mem`).
 
+pub mod bufpool;
 pub mod fault;
 pub mod mem;
 pub mod s3;

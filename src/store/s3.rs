@@ -414,13 +414,26 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.fail("GetObject", key, e))?;
-        let body = o.body.collect().await.map_err(|e| {
-            tracing::warn!(op = "GetObject", key, error = %e, "reading body failed");
-            StoreError::Other(format!("reading body: {e}"))
-        })?;
+        // Copied once into a buffer of the final size as the body arrives, each network
+        // chunk freed at once: collecting all chunks first and then joining them held the
+        // range twice and left the allocator's arenas fragmented (RSS far above the budget).
+        // The size asked is trusted up to 64 MiB; a larger range grows as it arrives.
+        let want = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+        let mut out = super::bufpool::take(want.min(64 << 20));
+        let mut body = o.body;
+        loop {
+            match body.try_next().await {
+                Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(op = "GetObject", key, error = %e, "reading body failed");
+                    return Err(StoreError::Other(format!("reading body: {e}")));
+                }
+            }
+        }
         crate::metrics::s3_ok("GetObject");
-        crate::metrics::s3_received(bytes::Buf::remaining(&body));
-        Ok(body.into_bytes())
+        crate::metrics::s3_received(out.len());
+        Ok(super::bufpool::freeze(out))
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
