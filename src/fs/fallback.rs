@@ -236,14 +236,21 @@ impl Fs {
     }
 
     /// Copies every file the old tree has below directory `prefix` into the bucket (before
-    /// the directory is renamed).
+    /// the directory is renamed), and its empty directories as `dir/` markers, so they move
+    /// with it. Each copy holds its key's lock: none of the copier's is still in flight after.
     pub(super) async fn old_materialize_tree(&self, prefix: &str) -> FsResult<()> {
         let Some(fb) = self.fallback.clone() else {
             return Ok(());
         };
         let mut dirs = vec![prefix.to_string()];
         while let Some(d) = dirs.pop() {
-            for (name, e) in fb.list(&d) {
+            let entries = fb.list(&d);
+            if entries.is_empty() && fb.stat(d.trim_end_matches('/')) == Some(OldEntry::Dir) {
+                let _g = fb.lock(&d).await;
+                fb.copy_locked(&d).await?;
+                self.migrated(d.trim_end_matches('/'));
+            }
+            for (name, e) in entries {
                 match e {
                     OldEntry::Dir => dirs.push(keys::dir_prefix(&d, &name)),
                     OldEntry::File(_) => {

@@ -652,6 +652,7 @@ impl Fs {
         // A marker written by another tool would bring the directory back; some servers
         // (SeaweedFS) also keep an empty folder listed until its `dir/` key is deleted.
         // Deleting a missing key is a no-op on S3.
+        let _g = self.old_lock(&node.key).await; // the copier may be writing its marker
         self.old_tombstone(&node.key)?;
         self.store.delete(&node.key).await?;
         {

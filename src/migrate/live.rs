@@ -301,7 +301,9 @@ impl Fallback for Live {
         };
         match self.copy_rel(key, rel).await {
             Ok(Some(bytes)) => {
-                self.progress.copied(bytes, true);
+                if !key.ends_with('/') {
+                    self.progress.copied(bytes, true);
+                }
                 Ok(())
             }
             Ok(None) => Ok(()),

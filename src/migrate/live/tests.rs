@@ -131,7 +131,9 @@ async fn names(fs: &Fs, ino: u64) -> Vec<String> {
     n
 }
 
-fn old_tree_state(root: &Path) -> Vec<(String, Vec<u8>, u32, SystemTime)> {
+/// Every path with a hash of its content, its mode and mtime.
+fn old_tree_state(root: &Path) -> Vec<(String, u64, u32, SystemTime)> {
+    use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -140,17 +142,13 @@ fn old_tree_state(root: &Path) -> Vec<(String, Vec<u8>, u32, SystemTime)> {
             let p = e.unwrap().path();
             let md = std::fs::symlink_metadata(&p).unwrap();
             let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
             if md.is_dir() {
                 stack.push(p.clone());
-                out.push((rel, vec![], md.mode(), md.modified().unwrap()));
             } else {
-                out.push((
-                    rel,
-                    std::fs::read(&p).unwrap(),
-                    md.mode(),
-                    md.modified().unwrap(),
-                ));
+                std::fs::read(&p).unwrap().hash(&mut h);
             }
+            out.push((rel, h.finish(), md.mode(), md.modified().unwrap()));
         }
     }
     out.sort();
@@ -241,6 +239,7 @@ async fn a_write_copies_first_and_then_wins() {
 #[tokio::test]
 async fn deletes_hide_old_paths_for_good_and_the_old_tree_is_untouched() {
     let w = World::new();
+    std::fs::create_dir(w.old.path().join("media/public/flow-backgrounds/unused")).unwrap();
     let before = old_tree_state(w.old.path());
     {
         let live = w.live();
@@ -269,7 +268,7 @@ async fn deletes_hide_old_paths_for_good_and_the_old_tree_is_untouched() {
             fs.lookup(ROOT, b"user_settings.py").await,
             Err(FsError::NotFound)
         ));
-        // rename of a directory holding old files moves them all.
+        // rename of a directory holding old files moves them all, empty directories too.
         let m = walk(&fs, "media/public").await;
         fs.rename(m.ino, b"flow-backgrounds", m.ino, b"backgrounds", 0)
             .await
@@ -278,6 +277,8 @@ async fn deletes_hide_old_paths_for_good_and_the_old_tree_is_untouched() {
             names(&fs, m.ino).await,
             vec!["application-icons", "backgrounds"]
         );
+        let b = walk(&fs, "media/public/backgrounds").await;
+        assert_eq!(names(&fs, b.ino).await, vec!["bg.jpg", "unused"]);
     }
     // A new mount over the same state: still gone, and the copier skips them.
     let live = w.live();
@@ -301,6 +302,7 @@ async fn deletes_hide_old_paths_for_good_and_the_old_tree_is_untouched() {
         vec![
             "media/empty/",
             "media/public/backgrounds/bg.jpg",
+            "media/public/backgrounds/unused/",
             "settings.py"
         ],
         "deleted paths are never copied; an empty directory gets a marker"
