@@ -14,7 +14,11 @@
 #   rclone    Debian's rclone mount, flags below (RCLONE_OPTS)
 # Workloads (page cache dropped before each; see docs/BENCHMARKS.md for the definitions):
 #   seq_read_1 / seq_read_4   fio rw=read bs=256k ioengine=psync, 1 job / 4 jobs on 4 other files
-#   rand_read                 fio rw=randread bs=256k, 1 job, on a file of its own
+#   rand_read                 fio rw=randread bs=256k, 1 job, on a file of its own: every block
+#                             once, so the whole object is read (a client that downloads whole
+#                             objects, as s3fs does in 256 MiB steps, serves it from local disk)
+#   rand_read_sparse          the same on another file, stopping after 1/16 of it (256 reads of
+#                             a 1 GiB object): what a random reader of a large object costs
 #   (each workload reads objects no earlier workload of that mount touched: s3fs keeps the
 #   data of closed files, so a re-read would measure its local copy)
 #   seq_write                 fio rw=write bs=256k fsync_on_close, timed until the object is in
@@ -175,9 +179,9 @@ print(json.dumps(d))' 2>/dev/null || echo '{}'
 
 # ---- the dataset (same objects for every client) ----
 fill() {
-  log "$SERVER: filling the bucket (7 x $BIG_MIB MiB, $NFLAT + $NTREE + $NICONS small objects)"
+  log "$SERVER: filling the bucket (8 x $BIG_MIB MiB, $NFLAT + $NTREE + $NICONS small objects)"
   local i t0; t0=$(now)
-  for i in f0 f1 f2 f3 f4 r0 t0; do "$S3B" fill-big "big/$i" "$BIG_MIB" >/dev/null; done
+  for i in f0 f1 f2 f3 f4 r0 r1 t0; do "$S3B" fill-big "big/$i" "$BIG_MIB" >/dev/null; done
   "$S3B" fill-small ttfb/s 8 4096 >/dev/null
   "$S3B" fill-small flat/ "$NFLAT" 1024 >/dev/null
   "$S3B" fill-small tree/ "$NTREE" 1024 --dirs "$TREE_DIRS" >/dev/null
@@ -277,6 +281,10 @@ w_seq_read_4() {
 w_rand_read() {
   fio --name=rr --readonly --rw=randread --filename="$M/big/r0" --size="${BIG_MIB}m" --runtime="$RT_RAND" "${FIO_COMMON[@]}" | fio_json
 }
+w_rand_read_sparse() {
+  fio --name=rr --readonly --rw=randread --filename="$M/big/r1" --size="${BIG_MIB}m" \
+    --io_size="$((BIG_MIB * 64))k" --runtime="$RT_RAND" "${FIO_COMMON[@]}" | fio_json
+}
 w_seq_write() {
   local d=w/$CLIENT-$ITERNO t0 f
   mkdir -p "$M/$d"
@@ -342,6 +350,7 @@ run_mount_client() {
   run_mount_workload "$c" seq_read_1 w_seq_read_1
   run_mount_workload "$c" seq_read_4 w_seq_read_4
   run_mount_workload "$c" rand_read w_rand_read
+  run_mount_workload "$c" rand_read_sparse w_rand_read_sparse
   run_mount_workload "$c" seq_write w_seq_write
   run_mount_workload "$c" create_1000 w_create
   unmount_client "$M" "$DAEMON_PID"
@@ -376,6 +385,8 @@ run_raw() {
   raw seq_read_1 "$S3B" seq-read big/f0 --runtime "$RT_SEQ"
   raw seq_read_4 "$S3B" seq-read big/f1 big/f2 big/f3 big/f4 --conc 4 --runtime "$RT_SEQ"
   raw rand_read "$S3B" rand-read big/r0 --runtime "$RT_RAND"
+  # one ranged GET per read whatever the share of the object read: the same rate
+  raw rand_read_sparse "$S3B" rand-read big/r1 --runtime "$RT_RAND"
   raw seq_write "$S3B" seq-write "w/raw-$ITERNO/f" "$BIG_MIB"
   raw create_1000 "$S3B" put-many "c/raw-$ITERNO/" "$NCREATE" 16384
 }
