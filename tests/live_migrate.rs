@@ -437,3 +437,45 @@ fn sigkill_mid_copy_then_remount_completes_with_no_open_uploads() {
     assert_eq!(tree_state(&t.old()), before, "OLD_DIR must be untouched");
     assert!(m.unmount().success());
 }
+
+#[test]
+fn a_bad_old_dir_read_only_or_busy_state_stop_the_mount_with_one_line() {
+    let t = TempTree::new();
+    put_old(
+        &t.old(),
+        "user_settings.py",
+        b"X = 1\n",
+        0o644,
+        1_400_000_000,
+    );
+    let prefix = scratch();
+    let missing = MountOpts::prefix(&prefix)
+        .arg("--migrate-from")
+        .arg("/nonexistent/data.old");
+    let e = Mount::try_with(missing)
+        .err()
+        .expect("mounted with a missing OLD_DIR");
+    assert!(
+        e.contains("exit status: 2") && e.contains("--migrate-from /nonexistent/data.old"),
+        "{e}"
+    );
+    let e = Mount::try_with(live_opts(&prefix, &t, &["--read-only"]))
+        .err()
+        .expect("mounted read-only with --migrate-from");
+    assert!(
+        e.contains("exit status: 2") && e.contains("--read-only"),
+        "{e}"
+    );
+    // One daemon per migration state.
+    let mut m = Mount::with(live_opts(&prefix, &t, &[]));
+    let e = Mount::try_with(live_opts(&prefix, &t, &[]))
+        .err()
+        .expect("two daemons on one migration state");
+    assert!(e.contains("in use by another bucketfs"), "{e}");
+    wait_complete(&m, &t.state().join("status.json"), Duration::from_secs(30));
+    assert_eq!(
+        s3().get(&format!("{prefix}/user_settings.py")).as_deref(),
+        Some(&b"X = 1\n"[..])
+    );
+    assert!(m.unmount().success());
+}

@@ -9,8 +9,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
-
 use super::Live;
 use crate::fs::fallback::Fallback;
 use crate::fs::Fs;
@@ -29,7 +27,12 @@ enum Local {
 struct Job {
     rel: String,
     key: String,
+    /// A `dir/` marker for an empty directory, not a file.
+    marker: bool,
 }
+
+/// Jobs the walker may queue ahead of the workers.
+const QUEUE: usize = 1024;
 
 /// Runs the migration to the end (until a pass copies everything), then returns.
 pub async fn run(live: Arc<Live>, fs: Arc<Fs>) {
@@ -172,8 +175,31 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// One pass over the old tree.
+/// One pass over the old tree: a walker lists both sides directory by directory and queues
+/// what is missing; `--migrate-parallel` workers copy from the queue (so parallelism does not
+/// depend on how the files are spread over directories).
 async fn walk(live: &Arc<Live>, fs: &Arc<Fs>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Job>(QUEUE);
+    let rx = tokio::sync::Mutex::new(rx);
+    let worker = || async {
+        loop {
+            let job = rx.lock().await.recv().await;
+            let Some(job) = job else { break };
+            copy_one(live, fs, job).await;
+            if !live.cfg.throttle.is_zero() {
+                tokio::time::sleep(live.cfg.throttle).await;
+            }
+        }
+    };
+    let workers = futures::future::join_all((0..live.cfg.parallel.max(1)).map(|_| worker()));
+    let walker = async move {
+        walk_dirs(live, &tx).await;
+        drop(tx); // the workers end once the queue is drained
+    };
+    futures::join!(walker, workers);
+}
+
+async fn walk_dirs(live: &Arc<Live>, tx: &tokio::sync::mpsc::Sender<Job>) {
     let mut dirs = vec![String::new()];
     while let Some(rel) = dirs.pop() {
         if !rel.is_empty() && live.tombstoned(&rel) {
@@ -202,19 +228,16 @@ async fn walk(live: &Arc<Live>, fs: &Arc<Fs>) {
         };
         if entries.is_empty() && !rel.is_empty() && objects.is_empty() && subdirs.is_empty() {
             // An empty directory: a `dir/` marker keeps it once the old tree is gone.
-            jobs_run(
-                live,
-                fs,
-                vec![Job {
-                    key: prefix.clone(),
-                    rel: rel.clone(),
-                }],
-                true,
-            )
-            .await;
+            let job = Job {
+                key: prefix.clone(),
+                rel: rel.clone(),
+                marker: true,
+            };
+            if tx.send(job).await.is_err() {
+                return;
+            }
             continue;
         }
-        let mut jobs = Vec::new();
         for (name, local) in entries {
             let name = match name {
                 Ok(n) => n,
@@ -244,44 +267,37 @@ async fn walk(live: &Arc<Live>, fs: &Arc<Fs>) {
                     } else if subdirs.contains(&name) {
                         live.progress.failed(
                             &child,
-                            "the bucket has a directory of that name (the mount shows the directory)".into(),
+                            "the bucket has a directory of that name (the mount shows the directory)"
+                                .into(),
                         );
                     } else {
-                        jobs.push(Job {
+                        let job = Job {
                             key: format!("{prefix}{name}"),
                             rel: child,
-                        });
+                            marker: false,
+                        };
+                        if tx.send(job).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
         }
-        jobs_run(live, fs, jobs, false).await;
     }
 }
 
-async fn jobs_run(live: &Arc<Live>, fs: &Arc<Fs>, jobs: Vec<Job>, marker: bool) {
-    futures::stream::iter(jobs)
-        .for_each_concurrent(live.cfg.parallel.max(1), |job| async move {
-            copy_one(live, fs, job, marker).await;
-            if !live.cfg.throttle.is_zero() {
-                tokio::time::sleep(live.cfg.throttle).await;
-            }
-        })
-        .await;
-}
-
-async fn copy_one(live: &Live, fs: &Fs, job: Job, marker: bool) {
+async fn copy_one(live: &Live, fs: &Fs, job: Job) {
     let _g = live.lock(&job.key).await;
     match live.copy_rel(&job.key, &job.rel).await {
         Ok(Some(bytes)) => {
-            if marker {
+            if job.marker {
                 live.progress.marked_dir();
             } else {
                 live.progress.copied(bytes, false);
             }
             fs.migrated(job.key.trim_end_matches('/'));
         }
-        Ok(None) if marker => {}
+        Ok(None) if job.marker => {}
         Ok(None) if live.tombstoned(&job.rel) => live.progress.deleted(),
         Ok(None) => live.progress.present(),
         Err(e) => {
