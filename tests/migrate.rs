@@ -237,6 +237,9 @@ fn authentik_tree(root: &Path, big: usize) -> Vec<&'static str> {
 #[derive(Debug, PartialEq, Eq)]
 enum Item {
     File {
+        /// `S_IFMT` bits: regular files, FIFOs, devices
+        kind: u32,
+        rdev: u64,
         len: u64,
         perm: u32,
         mtime: i64,
@@ -267,6 +270,8 @@ fn snapshot(root: &Path) -> BTreeMap<String, Item> {
                 out.insert(
                     rel,
                     Item::File {
+                        kind: md.mode() & libc::S_IFMT,
+                        rdev: md.rdev(),
                         len: md.len(),
                         perm: md.mode() & 0o7777,
                         mtime: md.mtime(),
@@ -286,7 +291,13 @@ fn assert_same_tree(a: &Path, b: &Path) {
     let (sa, sb) = (snapshot(a), snapshot(b));
     assert_eq!(sa, sb, "trees differ: {} vs {}", a.display(), b.display());
     for (rel, it) in &sa {
-        if matches!(it, Item::File { .. }) {
+        if matches!(
+            it,
+            Item::File {
+                kind: libc::S_IFREG,
+                ..
+            }
+        ) {
             assert!(
                 read(&a.join(rel)) == read(&b.join(rel)),
                 "{rel}: bytes differ"
@@ -359,11 +370,20 @@ fn round_trip_rerun_dry_run_delete_and_mount() {
     let prefix = format!("{}/", scratch());
     let src = tmpdir("mig-src");
     let files = authentik_tree(&src, 12 * MIB);
+    // Special files in the mount's format: a FIFO, and (as root) a character device.
+    let fifo = src.join("media/public/upload.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+    set_mtime(&fifo, OLD + 9);
+    let dev = src.join("media/null-device");
+    let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+    let has_dev =
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) } == 0;
     let up = migrate(&[src.to_str().unwrap(), &url(&prefix)]);
     assert_eq!(up.code, 0, "{up:?}");
     assert_eq!(
         count(&up.stdout, "copied"),
-        files.len() as u64 + 2,
+        files.len() as u64 + 3 + has_dev as u64,
         "{up:?}"
     );
 
@@ -445,6 +465,14 @@ fn round_trip_rerun_dry_run_delete_and_mount() {
             PathBuf::from("application-icons/authentik.svg")
         );
         assert!(mnt.p("media/public/empty-dir").is_dir());
+        let st = lstat(&mnt.p("media/public/upload.fifo")).unwrap();
+        assert_eq!(st.st_mode, libc::S_IFIFO | 0o640);
+        assert_eq!(st.st_mtime as u64, OLD + 9);
+        if has_dev {
+            let st = lstat(&mnt.p("media/null-device")).unwrap();
+            assert_eq!(st.st_mode, libc::S_IFCHR | 0o600);
+            assert_eq!(st.st_rdev, libc::makedev(1, 3));
+        }
     }
 
     // A change: --dry-run lists it and touches nothing.
@@ -518,8 +546,13 @@ fn killed_migrations_finish_on_rerun() {
     if left.is_empty() {
         eprintln!("the upload finished before the kill; the rerun still must be clean");
     }
-    let re = migrate(&[&src_s, &target]);
+    let re = migrate(&[&src_s, &target, "--progress-interval", "0.2"]);
     assert_eq!(re.code, 0, "{re:?}");
+    // Not a terminal: plain progress lines on stderr.
+    assert!(
+        re.stderr.contains("bucketfs migrate: ") && re.stderr.contains(" files, "),
+        "{re:?}"
+    );
     if !left.is_empty() {
         assert!(re.stdout.contains("aborted: 1"), "{re:?}");
     }

@@ -311,9 +311,7 @@ pub async fn upload_file(
         return upload_dir_marker(store, key, &md, opts).await;
     }
     if !ft.is_file() {
-        return Err(MigrateError::Unsupported(
-            "not a regular file, directory or symlink (a fifo, socket or device)".into(),
-        ));
+        return upload_special(store, key, &md, opts).await;
     }
     let file = Arc::new(File::open(local).map_err(MigrateError::io("open"))?);
     let md = file.metadata().map_err(MigrateError::io("fstat"))?;
@@ -477,6 +475,47 @@ async fn upload_dir_marker(
     })
 }
 
+/// Whether `t` (`S_IFMT` bits) is a FIFO, socket or device: what the mount stores as an empty
+/// object with the type in `x-amz-meta-mode` (and the device in `x-amz-meta-rdev`).
+pub fn is_special(t: u32) -> bool {
+    matches!(
+        t,
+        libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK
+    )
+}
+
+/// A FIFO, socket or device in the mount's (s3fs's) format.
+async fn upload_special(
+    store: &dyn ObjectStore,
+    key: &str,
+    md: &std::fs::Metadata,
+    opts: &CopyOptions,
+) -> Result<CopyReport, MigrateError> {
+    let t = md.mode() & libc::S_IFMT;
+    if !is_special(t) {
+        return Err(MigrateError::Unsupported(format!(
+            "unknown file type {t:o}"
+        )));
+    }
+    let mut posix = posix_of(md, t);
+    if t == libc::S_IFCHR || t == libc::S_IFBLK {
+        // The kernel's 32-bit dev_t encoding, as the mount stores it (glibc's st_rdev has the
+        // same low 32 bits for majors below 4096).
+        posix.rdev = Some(md.rdev() as u32);
+    }
+    let md5 = md5_hex(b"");
+    let put = put_options(meta::DEFAULT_TYPE.into(), &posix, &md5);
+    let etag = store.put(key, Bytes::new(), &put).await?;
+    let verified = verify_upload(store, key, 0, &md5, etag.as_deref(), &md5, opts).await?;
+    Ok(CopyReport {
+        bytes: 0,
+        md5: Some(md5),
+        etag,
+        multipart: false,
+        verified,
+    })
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh temp name in `dir`.
@@ -595,8 +634,11 @@ pub async fn download_object_with(
     let is_link = posix
         .mode
         .is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK);
+    let t = posix.mode.map(|m| m & libc::S_IFMT).unwrap_or(0);
     let r = if is_link {
         download_symlink(store, info, &posix, &tmp, opts).await
+    } else if is_special(t) {
+        make_special(info, &posix, t, &tmp, opts)
     } else {
         download_file(store, info, &posix, &tmp, opts).await
     };
@@ -648,6 +690,43 @@ async fn download_symlink(
         etag: info.etag.clone(),
         multipart: false,
         verified,
+    })
+}
+
+/// A FIFO, socket or device object becomes that kind of file (devices need root).
+fn make_special(
+    info: &ObjectInfo,
+    posix: &PosixMeta,
+    t: u32,
+    tmp: &Path,
+    opts: &CopyOptions,
+) -> Result<CopyReport, MigrateError> {
+    let dev = if t == libc::S_IFCHR || t == libc::S_IFBLK {
+        posix.rdev.unwrap_or(0) as libc::dev_t
+    } else {
+        0
+    };
+    let perm = posix.mode.map(|m| m & 0o7777).unwrap_or(0o644);
+    let c = cpath(tmp)?;
+    if unsafe { libc::mknod(c.as_ptr(), t | 0o600, dev) } != 0 {
+        return Err(MigrateError::Io {
+            op: "mknod",
+            err: std::io::Error::last_os_error(),
+        });
+    }
+    if opts.restore_owner {
+        set_owner(tmp, posix.uid, posix.gid)?;
+    }
+    // chmod after chown (which clears set-id bits); a socket's or FIFO's mode is its own.
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(perm))
+        .map_err(MigrateError::io("chmod"))?;
+    set_mtime(tmp, mtime_of(info, posix))?;
+    Ok(CopyReport {
+        bytes: 0,
+        md5: None,
+        etag: info.etag.clone(),
+        multipart: false,
+        verified: Verified::SizeOnly,
     })
 }
 
@@ -811,7 +890,16 @@ mod tests {
         std::fs::write(&big, &data).unwrap();
         let link = dir.path().join("l");
         std::os::unix::fs::symlink("a b.svg", &link).unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
         let o = opts();
+        upload_file(&store, &fifo, "p/pipe", &o).await.unwrap();
+        let h = store.head("p/pipe").await.unwrap();
+        assert_eq!(
+            PosixMeta::from_metadata(&h.metadata).mode,
+            Some(libc::S_IFIFO | 0o640)
+        );
         let r = upload_file(&store, &small, "p/a b.svg", &o).await.unwrap();
         assert!(!r.multipart);
         // MemStore's ETags are counters, not MD5s: verification falls back to reading back.
@@ -840,6 +928,11 @@ mod tests {
             assert_eq!(r.verified, Verified::StoredMd5);
         }
         assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), data);
+        download_object(&store, "p/pipe", &out.path().join("pipe"), &o)
+            .await
+            .unwrap();
+        let m = std::fs::symlink_metadata(out.path().join("pipe")).unwrap();
+        assert_eq!(m.mode(), libc::S_IFIFO | 0o640);
         let m = std::fs::metadata(out.path().join("a b.svg")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o600);
         assert_eq!(m.mtime(), std::fs::metadata(&small).unwrap().mtime());
@@ -853,6 +946,27 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
             .collect();
         assert!(left.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_multipart_upload_is_aborted_and_publishes_nothing() {
+        use crate::store::fault::{FaultStore, Op};
+        let mem = Arc::new(MemStore::new());
+        let store = FaultStore::new(mem.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![1u8; 12 * MIB as usize]).unwrap();
+        for op in [Op::UploadPart, Op::CompleteMultipart] {
+            store.clear();
+            store.fail_times(Some(op), FaultStore::slow_down(), 1);
+            let e = upload_file(&store, &big, "big", &opts()).await.unwrap_err();
+            assert!(matches!(e, MigrateError::Store(_)), "{e}");
+            assert_eq!(mem.open_uploads(), 0, "{op:?}");
+            assert!(mem.snapshot().is_empty(), "{op:?}");
+        }
+        store.clear();
+        upload_file(&store, &big, "big", &opts()).await.unwrap();
+        assert_eq!(mem.snapshot()["big"].len(), 12 * MIB as usize);
     }
 
     #[tokio::test]

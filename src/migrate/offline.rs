@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;
 
 use super::copy::{self, CopyOptions, MD5_META, TEMP_PREFIX};
@@ -102,7 +102,7 @@ impl Progress {
     fn new() -> Arc<Progress> {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template("{bar:24} {msg}")
+            let style = ProgressStyle::with_template("{bar:12} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
             b.set_style(style);
             b
@@ -139,15 +139,12 @@ impl Progress {
         let secs = self.started.elapsed().as_secs_f64();
         let eta = if bd > 0 && bt > bd && secs > 0.5 {
             let rate = bd as f64 / secs;
-            format!(
-                ", ETA {}",
-                HumanDuration(Duration::from_secs_f64((bt - bd) as f64 / rate))
-            )
+            format!(", ETA {}", short_duration((bt - bd) as f64 / rate))
         } else {
             String::new()
         };
         format!(
-            "{fd}/{ft} files, {}/{}: {} copied, {} skipped, {} failed{eta}",
+            "{fd}/{ft} files, {}/{}{eta} ({} copied, {} skipped, {} failed)",
             HumanBytes(bd),
             HumanBytes(bt),
             t.copied.load(Ordering::Relaxed),
@@ -190,6 +187,16 @@ impl Progress {
     }
 }
 
+/// `42s`, `3m05s`, `2h10m`: short enough for the one progress line.
+fn short_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 /// A local path found by the walk.
 #[derive(Clone, Debug)]
 pub struct LocalItem {
@@ -207,6 +214,13 @@ fn local_entry(md: &std::fs::Metadata, empty_dir: bool) -> LocalEntry {
         LocalKind::Dir { empty: empty_dir }
     } else if ft.is_file() {
         LocalKind::File
+    } else if copy::is_special(md.mode() & libc::S_IFMT) {
+        let type_bits = md.mode() & libc::S_IFMT;
+        let dev = type_bits == libc::S_IFCHR || type_bits == libc::S_IFBLK;
+        LocalKind::Special {
+            type_bits,
+            rdev: if dev { md.rdev() as u32 } else { 0 },
+        }
     } else {
         LocalKind::Other
     };
@@ -410,7 +424,7 @@ async fn run_upload(
         match it.entry.kind {
             LocalKind::Dir { empty: true } => Some(plan::key_for(&job.prefix, &it.rel, true)),
             LocalKind::Dir { empty: false } | LocalKind::Other => None,
-            LocalKind::File | LocalKind::Symlink => {
+            LocalKind::File | LocalKind::Symlink | LocalKind::Special { .. } => {
                 Some(plan::key_for(&job.prefix, &it.rel, false))
             }
         }

@@ -30,7 +30,13 @@ pub enum LocalKind {
     Dir {
         empty: bool,
     },
-    /// A fifo, socket or device: nothing S3 can hold.
+    /// A FIFO, socket or device (`S_IFMT` bits), with its device number: an empty object
+    /// with the type in its mode, as the mount stores it.
+    Special {
+        type_bits: u32,
+        rdev: u32,
+    },
+    /// A file type nothing can hold.
     Other,
 }
 
@@ -66,6 +72,29 @@ pub struct RemoteMeta {
     pub md5: Option<String>,
 }
 
+impl LocalKind {
+    /// `S_IFMT` bits of a file, symlink or special file (0 for directories and others).
+    fn type_bits(self) -> u32 {
+        match self {
+            LocalKind::File => libc::S_IFREG,
+            LocalKind::Symlink => libc::S_IFLNK,
+            LocalKind::Special { type_bits, .. } => type_bits,
+            LocalKind::Dir { .. } | LocalKind::Other => 0,
+        }
+    }
+}
+
+/// Whether the object is another kind of file than the local one (or another device).
+fn type_differs(local: &LocalEntry, remote: &RemoteEntry) -> bool {
+    if local.kind.type_bits() != remote.type_bits() {
+        return true;
+    }
+    match local.kind {
+        LocalKind::Special { rdev, .. } => rdev != remote.rdev(),
+        _ => false,
+    }
+}
+
 impl RemoteEntry {
     fn mtime_secs(&self) -> Option<i64> {
         self.meta
@@ -74,11 +103,16 @@ impl RemoteEntry {
             .map(super::copy::secs)
     }
 
-    fn is_symlink(&self) -> bool {
-        self.meta
-            .as_ref()
-            .and_then(|m| m.posix.mode)
-            .is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK)
+    /// The file type the object stands for (`S_IFREG` without a stored type).
+    fn type_bits(&self) -> u32 {
+        match self.meta.as_ref().and_then(|m| m.posix.mode) {
+            Some(m) if m & libc::S_IFMT != 0 => m & libc::S_IFMT,
+            _ => libc::S_IFREG,
+        }
+    }
+
+    fn rdev(&self) -> u32 {
+        self.meta.as_ref().and_then(|m| m.posix.rdev).unwrap_or(0)
     }
 
     /// The content MD5 the object vouches for, if any.
@@ -120,7 +154,7 @@ fn meta_differs(local: &LocalEntry, remote: &RemoteEntry, rules: Rules) -> Optio
             return Some("mtime differs");
         }
     }
-    if local.kind == LocalKind::File {
+    if local.kind != LocalKind::Symlink {
         if let Some(mode) = m.posix.mode {
             if mode & 0o7777 != local.perm {
                 return Some("mode differs");
@@ -147,11 +181,7 @@ pub fn decide_upload(
     rules: Rules,
 ) -> Decision {
     match local.kind {
-        LocalKind::Other => {
-            return Decision::Refuse(
-                "not a regular file, directory or symlink (a fifo, socket or device)".into(),
-            )
-        }
+        LocalKind::Other => return Decision::Refuse("a file type S3 cannot hold".into()),
         LocalKind::Dir { empty: false } => return Decision::Skip,
         LocalKind::Dir { empty: true } => {
             return match remote {
@@ -159,7 +189,7 @@ pub fn decide_upload(
                 None => Decision::Copy("new"),
             }
         }
-        LocalKind::File | LocalKind::Symlink => {}
+        LocalKind::File | LocalKind::Symlink | LocalKind::Special { .. } => {}
     }
     let Some(remote) = remote else {
         return Decision::Copy("new");
@@ -170,10 +200,10 @@ pub fn decide_upload(
     if remote.meta.is_none() {
         return Decision::NeedHead;
     }
-    if remote.is_symlink() != (local.kind == LocalKind::Symlink) {
+    if type_differs(local, remote) {
         return Decision::Copy("type differs");
     }
-    if rules.checksum {
+    if rules.checksum && !matches!(local.kind, LocalKind::Special { .. }) {
         let Some(md5) = local_md5 else {
             return Decision::NeedLocalMd5;
         };
@@ -213,10 +243,8 @@ pub fn decide_download(
         LocalKind::Dir { .. } => {
             return Decision::Refuse("a local directory is in the way (use --delete)".into())
         }
-        LocalKind::Other => {
-            return Decision::Refuse("a fifo, socket or device is in the way".into())
-        }
-        LocalKind::File | LocalKind::Symlink => {}
+        LocalKind::Other => return Decision::Refuse("a file of unknown type is in the way".into()),
+        LocalKind::File | LocalKind::Symlink | LocalKind::Special { .. } => {}
     }
     if remote.size != local.size {
         return Decision::Copy("size differs");
@@ -224,14 +252,15 @@ pub fn decide_download(
     if remote.meta.is_none() {
         return Decision::NeedHead;
     }
-    if remote.is_symlink() != (local.kind == LocalKind::Symlink) {
+    if type_differs(local, remote) {
         return Decision::Copy("type differs");
     }
+    let special = matches!(local.kind, LocalKind::Special { .. });
     let mtime = remote.mtime_secs().or(remote.last_modified);
-    if mtime.is_some_and(|t| t != local.mtime) && !rules.checksum {
+    if mtime.is_some_and(|t| t != local.mtime) && (!rules.checksum || special) {
         return Decision::Copy("mtime differs");
     }
-    if rules.checksum {
+    if rules.checksum && !special {
         let Some(md5) = local_md5 else {
             return Decision::NeedLocalMd5;
         };
@@ -245,7 +274,7 @@ pub fn decide_download(
         }
     }
     let m = remote.meta.as_ref().map(|m| m.posix).unwrap_or_default();
-    if local.kind == LocalKind::File {
+    if local.kind != LocalKind::Symlink {
         let want = m.mode.map(|m| m & 0o7777).unwrap_or(0o644);
         if want != local.perm {
             return Decision::Copy("mode differs");
