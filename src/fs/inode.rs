@@ -153,6 +153,22 @@ impl Inodes {
     }
 
     /// Children that exist only in this mount.
+    /// Directory `ino` stays visible with no key under it, and so do its ancestors: a
+    /// directory is listed by its parent only if it is pinned itself or has keys below.
+    pub fn pin(&mut self, mut ino: u64) {
+        // Bounded by the depth; the guard only protects against a corrupt parent chain.
+        for _ in 0..4096 {
+            let Some(n) = self.nodes.get_mut(&ino) else {
+                return;
+            };
+            if n.kind != Kind::Dir || n.parent == ino {
+                return;
+            }
+            n.pinned = true;
+            ino = n.parent;
+        }
+    }
+
     pub fn local_children(&self, parent: u64) -> Vec<(String, u64)> {
         self.children(parent)
             .into_iter()

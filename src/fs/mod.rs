@@ -603,7 +603,6 @@ impl Fs {
         let mut t = self.inodes.lock();
         let ino = t.upsert(parent, name, Kind::Dir, keys::dir_prefix(&dir, name), None);
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-        n.pinned = true;
         n.unlinked = false;
         n.dir_posix = PosixMeta {
             mode: Some(mode & 0o7777),
@@ -612,6 +611,8 @@ impl Fs {
             mtime: Some(SystemTime::now()),
             ..PosixMeta::default()
         };
+        t.pin(ino);
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
         let a = self.attr_of(ino, n);
         dir_changed_now(&mut t, parent);
         self.cache.put(&keys::file_key(&dir, name), Lookup::Dir);
@@ -687,9 +688,7 @@ impl Fs {
     fn forget_file(&self, parent: u64, dir: &str, name: &str) {
         let mut t = self.inodes.lock();
         t.detach(parent, name);
-        if let Some(p) = t.get_mut(parent) {
-            p.pinned = true;
-        }
+        t.pin(parent);
         dir_changed_now(&mut t, parent);
         self.cache.put(&keys::file_key(dir, name), Lookup::Missing);
         self.cache.dir_changed(dir);
@@ -797,9 +796,7 @@ impl Fs {
                             n.meta = Some(FileMeta::from_info(i, true));
                         }
                     }
-                    if let Some(p) = t.get_mut(parent) {
-                        p.pinned = true;
-                    }
+                    t.pin(parent);
                     dir_changed_now(&mut t, parent);
                     dir_changed_now(&mut t, new_parent);
                 }
@@ -842,13 +839,11 @@ impl Fs {
                 {
                     let mut t = self.inodes.lock();
                     t.move_node(ino, new_parent, new_name, new_prefix.clone());
+                    t.pin(ino); // it stays, even if empty
                     if let Some(n) = t.get_mut(ino) {
-                        n.pinned = true; // it stays, even if empty
                         n.dir_posix.ctime = Some(SystemTime::now());
                     }
-                    if let Some(p) = t.get_mut(parent) {
-                        p.pinned = true;
-                    }
+                    t.pin(parent);
                     dir_changed_now(&mut t, parent);
                     dir_changed_now(&mut t, new_parent);
                 }
