@@ -34,11 +34,14 @@ pub struct OldFile {
     pub gid: u32,
 }
 
-/// What the old tree holds at a path (only regular files and directories are served).
+/// What the old tree holds at a path (regular files, directories and symlinks are served).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OldEntry {
     File(OldFile),
     Dir,
+    /// Copied at first sight (one small PUT in s3fs's format), then served from the bucket:
+    /// the bucket's format is the only one `readlink` and the listing code know.
+    Symlink,
 }
 
 /// Held while the object at one key may change (see the module comment).
@@ -48,8 +51,8 @@ pub type PathGuard = tokio::sync::OwnedMutexGuard<()>;
 /// by its key without the trailing `/`.
 #[async_trait]
 pub trait Fallback: Send + Sync {
-    /// What the old tree has at `key`: None if nothing, tombstoned, or not a regular file or
-    /// directory.
+    /// What the old tree has at `key`: None if nothing, tombstoned, or not a regular file,
+    /// directory or symlink.
     fn stat(&self, key: &str) -> Option<OldEntry>;
     /// The entries of directory `prefix` (a directory key ending in `/`, or the mount prefix),
     /// tombstoned ones left out.
@@ -115,35 +118,74 @@ impl Fs {
     }
 
     /// The bucket has nothing at `dir_prefix` + `name`: what the old tree has there.
-    pub(super) fn old_lookup(&self, dir_prefix: &str, name: &str) -> Lookup {
+    pub(super) async fn old_lookup(&self, dir_prefix: &str, name: &str) -> FsResult<Lookup> {
         let Some(fb) = &self.fallback else {
-            return Lookup::Missing;
+            return Ok(Lookup::Missing);
         };
-        match fb.stat(&keys::file_key(dir_prefix, name)) {
+        let key = keys::file_key(dir_prefix, name);
+        Ok(match fb.stat(&key) {
             Some(OldEntry::Dir) => Lookup::Dir,
             Some(OldEntry::File(f)) => Lookup::File(old_meta(&f)),
+            Some(OldEntry::Symlink) => match self.old_copy_now(&key).await? {
+                Some(m) => Lookup::File(m),
+                None => Lookup::Missing,
+            },
             None => Lookup::Missing,
+        })
+    }
+
+    /// Copies `key` from the old tree now (a symlink) and returns what the bucket then holds.
+    async fn old_copy_now(&self, key: &str) -> FsResult<Option<FileMeta>> {
+        let Some(fb) = self.fallback.clone() else {
+            return Ok(None);
+        };
+        {
+            let _g = fb.lock(key).await;
+            fb.copy_locked(key).await?;
+        }
+        self.migrated(key);
+        match self.store.head(key).await {
+            Ok(info) => {
+                let m = FileMeta::from_info(&info, true);
+                self.cache.put(key, Lookup::File(m.clone()));
+                Ok(Some(m))
+            }
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// The bucket's listing of `prefix` with the old tree's entries it lacks added (not
     /// cached: the listing cache holds only what the bucket says).
-    pub(super) fn with_old_entries(&self, prefix: &str, listing: Arc<Listing>) -> Arc<Listing> {
+    pub(super) async fn with_old_entries(
+        &self,
+        prefix: &str,
+        listing: Arc<Listing>,
+    ) -> FsResult<Arc<Listing>> {
         let Some(fb) = &self.fallback else {
-            return listing;
+            return Ok(listing);
         };
         let old = fb.list(prefix);
         if old.iter().all(|(n, _)| listing.contains_key(n)) {
-            return listing;
+            return Ok(listing);
         }
         let mut merged = (*listing).clone();
         for (name, e) in old {
-            merged.entry(name).or_insert_with(|| match e {
+            if merged.contains_key(&name) {
+                continue;
+            }
+            let child = match e {
                 OldEntry::Dir => Child::Dir,
                 OldEntry::File(f) => Child::File(old_meta(&f)),
-            });
+                OldEntry::Symlink => match self.old_copy_now(&keys::file_key(prefix, &name)).await?
+                {
+                    Some(m) => Child::File(m),
+                    None => continue,
+                },
+            };
+            merged.insert(name, child);
         }
-        Arc::new(merged)
+        Ok(Arc::new(merged))
     }
 
     /// Whether the old tree has anything (not tombstoned) below directory `prefix`.
@@ -253,7 +295,7 @@ impl Fs {
             for (name, e) in entries {
                 match e {
                     OldEntry::Dir => dirs.push(keys::dir_prefix(&d, &name)),
-                    OldEntry::File(_) => {
+                    OldEntry::File(_) | OldEntry::Symlink => {
                         let key = keys::file_key(&d, &name);
                         let _g = fb.lock(&key).await;
                         fb.copy_locked(&key).await?;

@@ -335,7 +335,7 @@ impl Fs {
     /// (live migration; never cached, so a negative entry cannot hide an old path).
     async fn resolve(&self, dir_prefix: &str, name: &str) -> FsResult<Lookup> {
         match self.resolve_bucket(dir_prefix, name).await? {
-            Lookup::Missing => Ok(self.old_lookup(dir_prefix, name)),
+            Lookup::Missing => self.old_lookup(dir_prefix, name).await,
             l => Ok(l),
         }
     }
@@ -520,7 +520,9 @@ impl Fs {
 
     async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let prefix = self.dir_node(ino)?;
-        let listing = self.with_old_entries(&prefix, self.fetch_listing(&prefix).await?);
+        let listing = self
+            .with_old_entries(&prefix, self.fetch_listing(&prefix).await?)
+            .await?;
         let mut t = self.inodes.lock();
         let mut out = Vec::with_capacity(listing.len() + 2);
         let me = t.get(ino).ok_or(FsError::NotFound)?;

@@ -182,10 +182,10 @@ impl Live {
                 uid: md.uid(),
                 gid: md.gid(),
             }))
+        } else if ft.is_symlink() {
+            Some(OldEntry::Symlink)
         } else {
-            // Symlinks and special files are not served from the old tree: the copier
-            // uploads symlinks (s3fs's format), and they show once copied.
-            None
+            None // fifos, sockets, devices: not served (listed as failures by the copier)
         }
     }
 

@@ -416,3 +416,47 @@ async fn a_commit_or_unlink_waits_for_a_copy_in_flight_and_wins() {
         Err(FsError::NotFound)
     ));
 }
+
+#[tokio::test]
+async fn an_old_symlink_is_copied_at_first_sight_and_shown_as_a_symlink() {
+    let w = World::new();
+    std::os::unix::fs::symlink(
+        "flow-backgrounds/bg.jpg",
+        w.old.path().join("media/public/current.jpg"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../user_settings.py", w.old.path().join("media/settings")).unwrap();
+    let live = w.live();
+    let fs = w.fs(&live);
+    // Seen by readdir first.
+    let public = walk(&fs, "media/public").await;
+    let fh = fs.opendir(public.ino).unwrap();
+    let entries = fs.readdir(public.ino, fh, 0).await.unwrap();
+    fs.releasedir(fh);
+    let e = entries.iter().find(|e| e.name == "current.jpg").unwrap();
+    assert_eq!(e.attr.kind, crate::fs::FileKind::Symlink);
+    assert_eq!(
+        fs.readlink(e.attr.ino).await.unwrap().as_ref(),
+        b"flow-backgrounds/bg.jpg"
+    );
+    // Seen by lookup first.
+    let a = walk(&fs, "media/settings").await;
+    assert_eq!(a.kind, crate::fs::FileKind::Symlink);
+    assert_eq!(
+        fs.readlink(a.ino).await.unwrap().as_ref(),
+        b"../user_settings.py"
+    );
+    let info = crate::store::ObjectStore::head(&*w.store, "media/settings")
+        .await
+        .unwrap();
+    let mode: u32 = info.metadata["mode"].parse().unwrap();
+    assert_eq!(mode & libc::S_IFMT, libc::S_IFLNK);
+    run_copier(live.clone(), fs.clone()).await;
+    let c = live.progress().snapshot();
+    assert!(c.complete);
+    assert_eq!(
+        (c.files_total, c.files_present),
+        (6, 2),
+        "the symlinks were already copied"
+    );
+}
