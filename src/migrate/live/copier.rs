@@ -15,6 +15,8 @@ use crate::fs::Fs;
 
 /// How often progress is logged and the status file rewritten.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Longest pause between two passes that had failures.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// What the old tree holds in one directory entry, for the copier.
 enum Local {
@@ -48,6 +50,9 @@ pub async fn run(live: Arc<Live>, fs: Arc<Fs>) {
             }
         })
     };
+    // Permanent failures (a fifo, a name that is not UTF-8) would re-walk the whole tree every
+    // `retry_after`: the pause doubles after each failed pass, up to MAX_RETRY_PAUSE.
+    let mut pause = live.cfg.retry_after;
     loop {
         live.progress.start_pass();
         walk(&live, &fs).await;
@@ -72,9 +77,10 @@ pub async fn run(live: Arc<Live>, fs: Arc<Fs>) {
             failed = c.failed_count,
             status = %live.status_path().display(),
             "migration pass finished with failures (listed in the status file); retrying in {} s",
-            live.cfg.retry_after.as_secs()
+            pause.as_secs()
         );
-        tokio::time::sleep(live.cfg.retry_after).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_RETRY_PAUSE.max(live.cfg.retry_after));
     }
     ticker.abort();
 }
@@ -252,6 +258,13 @@ async fn walk_dirs(live: &Arc<Live>, tx: &tokio::sync::mpsc::Sender<Job>) {
             };
             let child = join(&rel, &name);
             match local {
+                Local::Dir if objects.contains(&name) => {
+                    // Copying below it would hide the bucket's file behind a directory.
+                    live.progress.failed(
+                        &child,
+                        "the bucket has a file of that name (the mount shows the file)".into(),
+                    );
+                }
                 Local::Dir => dirs.push(child),
                 Local::Other(why) => {
                     if !live.tombstoned(&child) {

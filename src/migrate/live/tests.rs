@@ -460,3 +460,27 @@ async fn an_old_symlink_is_copied_at_first_sight_and_shown_as_a_symlink() {
         "the symlinks were already copied"
     );
 }
+
+#[tokio::test]
+async fn a_name_clash_with_the_bucket_is_a_failure_and_never_complete() {
+    let w = World::new();
+    // The bucket has a file `reports` where the old tree has a directory: copying below it
+    // would hide the bucket's file, so the copier refuses and says so (the mount shows the file).
+    w.store.insert("reports", b"a file");
+    let live = w.live();
+    let fs = w.fs(&live);
+    assert_eq!(walk(&fs, "reports").await.kind, crate::fs::FileKind::File);
+    let r = tokio::time::timeout(
+        Duration::from_millis(500),
+        run_copier(live.clone(), fs.clone()),
+    )
+    .await;
+    assert!(r.is_err(), "a migration with a failure must not end");
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(live.status_path()).unwrap()).unwrap();
+    assert_eq!(status["complete"], false);
+    assert_eq!(status["failed"], 1, "{status}");
+    assert_eq!(status["failures"][0]["path"], "reports");
+    assert!(w.in_bucket("reports/public/r.csv").is_none());
+    assert_eq!(w.in_bucket("reports").as_deref(), Some(&b"a file"[..]));
+}
