@@ -635,7 +635,28 @@ async fn run_download(
             what: job.remote_desc(),
             err,
         })?;
-    let tree = plan::remote_tree(&job.prefix, objects.into_iter().map(|o| (o.key.clone(), o)));
+    let mut tree = plan::remote_tree(&job.prefix, objects.into_iter().map(|o| (o.key.clone(), o)));
+    // A key named like a download temp file would be removed by the next run's walk.
+    let reserved: Vec<String> = tree
+        .files
+        .keys()
+        .filter(|r| {
+            r.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(TEMP_PREFIX))
+        })
+        .cloned()
+        .collect();
+    for r in reserved {
+        if let Some(o) = tree.files.remove(&r) {
+            tree.refused.push((
+                o.key,
+                format!(
+                    "the name starts with `{TEMP_PREFIX}`, which migrate keeps for its temp files"
+                ),
+            ));
+        }
+    }
     for (key, why) in &tree.refused {
         tally.fail(key, why);
     }
@@ -1065,10 +1086,11 @@ mod tests {
         assert_eq!(store.open_uploads(), 1, "only the key this run writes");
         store.insert("p/a//b", b"x");
         store.insert(&format!("p/{}", "n".repeat(300)), b"x");
+        store.insert(&format!("p/media/{TEMP_PREFIX}x"), b"x");
         let dst = tempfile::tempdir().unwrap();
         std::fs::write(dst.path().join(format!("{TEMP_PREFIX}left")), b"x").unwrap();
         let t = run(&job(dst.path(), false), &store).await.unwrap();
-        assert_eq!(t.failed.lock().len(), 2, "{:?}", t.failed.lock());
+        assert_eq!(t.failed.lock().len(), 3, "{:?}", t.failed.lock());
         assert_eq!(t.removed_temps.load(Ordering::Relaxed), 1);
         let s = summary(&job(dst.path(), false), &t, Duration::from_secs(1));
         assert!(s.contains("p/a//b"), "{s}");
