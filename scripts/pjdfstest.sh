@@ -98,12 +98,15 @@ done
 grep -qs " $MNT fuse" /proc/mounts || die "bucketfs did not mount $MNT"
 
 # --- run -----------------------------------------------------------------------
+# Features: utimensat with UTIME_NOW, and rename updates the ctime (bucketfs stores it in
+# x-amz-meta-ctime; directories in memory).
 # Dummy users: existing unprivileged accounts (nobody:nogroup, daemon:daemon), so the script
 # creates no users on the machine.
 cat >"$W/pjdfstest.toml" <<TOML
 [features]
 utimensat = {}
 utime_now = {}
+rename_ctime = {}
 
 [settings]
 naptime = $NAPTIME
