@@ -17,6 +17,7 @@ mod tests;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -77,6 +78,9 @@ pub struct Live {
     tombstones: Mutex<Tombstones>,
     locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     progress: Progress,
+    /// Every file is in the bucket (or deleted): the old tree is no longer consulted, exactly
+    /// as if the mount ran without `--migrate-from`.
+    complete: AtomicBool,
     /// Held for the life of the migration: one daemon per state directory.
     _state_lock: std::fs::File,
 }
@@ -131,6 +135,7 @@ impl Live {
             tombstones: Mutex::new(tombstones),
             locks: Mutex::new(HashMap::new()),
             progress,
+            complete: AtomicBool::new(false),
             _state_lock: lock,
         }))
     }
@@ -145,6 +150,16 @@ impl Live {
 
     pub fn old_dir(&self) -> &Path {
         &self.root
+    }
+
+    fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    /// The copier found everything in the bucket: stop falling through to the old tree.
+    fn set_complete(&self) {
+        self.progress.set_complete();
+        self.complete.store(true, Ordering::Release);
     }
 
     /// Paths deleted through the mount so far (over all runs).
@@ -230,6 +245,9 @@ fn copy_error(rel: &str, e: MigrateError) -> FsError {
 #[async_trait]
 impl Fallback for Live {
     fn stat(&self, key: &str) -> Option<OldEntry> {
+        if self.is_complete() {
+            return None;
+        }
         let rel = self.rel(key)?;
         if rel.is_empty() || self.tombstoned(rel) {
             return None;
@@ -239,6 +257,9 @@ impl Fallback for Live {
     }
 
     fn list(&self, prefix: &str) -> Vec<(String, OldEntry)> {
+        if self.is_complete() {
+            return Vec::new();
+        }
         let Some(rel) = self.rel(prefix) else {
             return Vec::new();
         };

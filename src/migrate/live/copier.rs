@@ -59,7 +59,7 @@ pub async fn run(live: Arc<Live>, fs: Arc<Fs>) {
         live.progress.walk_done();
         let c = live.progress.snapshot();
         if c.failed_count == 0 {
-            live.progress.set_complete();
+            live.set_complete();
             live.progress.write();
             tracing::info!(
                 copied = c.files_copied,

@@ -343,6 +343,12 @@ async fn the_copier_uploads_with_type_and_metadata_and_keeps_newer_keys() {
         serde_json::from_slice(&std::fs::read(live.status_path()).unwrap()).unwrap();
     assert_eq!(status["complete"], true);
     assert_eq!(status["remaining"], 0);
+    // Complete: the old tree is no longer consulted (as without --migrate-from).
+    w.put_old("late.txt", b"after the end", 0o644, 1_700_000_000);
+    assert!(matches!(
+        fs.lookup(ROOT, b"late.txt").await,
+        Err(FsError::NotFound)
+    ));
     // After the copy the mount shows the same attributes, now from the bucket.
     let a = walk(&fs, key).await;
     assert_eq!((a.size, a.perm), (6, 0o640));
