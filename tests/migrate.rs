@@ -125,6 +125,8 @@ fn url(prefix: &str) -> String {
     format!("s3://{}/{}", server().bucket, prefix)
 }
 
+/// A fresh local directory. `tag` has no `-`: the harness removes `bucketfs-test-<tag>-<pid>-*`
+/// left by a test binary that died (it reads the pid after the first `-`).
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "bucketfs-test-{tag}-{}-{}",
@@ -368,7 +370,7 @@ fn try_put(key: &str, body: &str) -> bool {
 fn round_trip_rerun_dry_run_delete_and_mount() {
     let t0 = Instant::now();
     let prefix = format!("{}/", scratch());
-    let src = tmpdir("mig-src");
+    let src = tmpdir("migsrc");
     let files = authentik_tree(&src, 12 * MIB);
     // Special files in the mount's format: a FIFO, and (as root) a character device.
     let fifo = src.join("media/public/upload.fifo");
@@ -430,7 +432,7 @@ fn round_trip_rerun_dry_run_delete_and_mount() {
     assert!(s.multipart_uploads(&prefix).is_empty());
 
     // Back to a fresh directory.
-    let dst = tmpdir("mig-dst");
+    let dst = tmpdir("migdst");
     let down = migrate(&[&url(&prefix), dst.to_str().unwrap()]);
     assert_eq!(down.code, 0, "{down:?}");
     assert_same_tree(&src, &dst);
@@ -523,7 +525,7 @@ fn round_trip_rerun_dry_run_delete_and_mount() {
 #[test]
 fn killed_migrations_finish_on_rerun() {
     let prefix = format!("{}/", scratch());
-    let src = tmpdir("mig-kill-src");
+    let src = tmpdir("migkillsrc");
     authentik_tree(&src, 100 * MIB);
     let s = s3();
     let src_s = src.to_str().unwrap().to_string();
@@ -562,7 +564,7 @@ fn killed_migrations_finish_on_rerun() {
     assert_eq!(count(&re.stdout, "copied"), 0, "{re:?}");
 
     // Download, killed while the big file is being written.
-    let dst = tmpdir("mig-kill-dst");
+    let dst = tmpdir("migkilldst");
     let dst_s = dst.to_str().unwrap().to_string();
     let mut child = command(&[&target, &dst_s, "--jobs", "1"], &[])
         .stdout(Stdio::null())
@@ -589,7 +591,7 @@ fn killed_migrations_finish_on_rerun() {
 #[test]
 fn aws_s3_sync_shaped_bucket() {
     let prefix = format!("{}/", scratch());
-    let src = tmpdir("mig-sync");
+    let src = tmpdir("migsync");
     let files = authentik_tree(&src, 6 * MIB);
     let s = s3();
     for rel in &files {
@@ -621,7 +623,7 @@ fn aws_s3_sync_shaped_bucket() {
     assert_eq!(count(&run.stdout, "skipped"), files.len() as u64, "{run:?}");
     assert!(!run.stdout.contains("upload  user_settings.py"), "{run:?}");
     // Downloaded, the objects get 0644 and their LastModified; a second download skips.
-    let dst = tmpdir("mig-sync-dst");
+    let dst = tmpdir("migsyncdst");
     let down = migrate(&[&url(&prefix), dst.to_str().unwrap()]);
     assert_eq!(down.code, 0, "{down:?}");
     let st = lstat(&dst.join("user_settings.py")).unwrap();
@@ -650,7 +652,7 @@ fn bad_input_is_reported() {
     let r = migrate(&["/tmp", "/tmp"]);
     assert_eq!(r.code, 2, "{r:?}");
 
-    let dir = tmpdir("mig-bad");
+    let dir = tmpdir("migbad");
     fs::write(dir.join("f"), b"x").unwrap();
     let d = dir.to_str().unwrap();
     let r = migrate_env(
@@ -691,7 +693,7 @@ fn bad_input_is_reported() {
     // Reported only if the server stores it as is and lists it (SeaweedFS's listing of the
     // prefix does not show it: nothing can see it then, the mount included).
     let has_dbl = put_exact_key(&dbl, "x") && s.keys(&prefix).contains(&dbl);
-    let dst = tmpdir("mig-bad-dst");
+    let dst = tmpdir("migbaddst");
     let r = migrate(&[&url(&prefix), dst.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(read(&dst.join("good.txt")), b"ok");

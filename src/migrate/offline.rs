@@ -411,6 +411,8 @@ async fn run_upload(
     let items = tokio::task::spawn_blocking(move || walk_local(&root, &t, false))
         .await
         .map_err(|e| JobError::Local(format!("walking the source: {e}")))?;
+    // What could not be walked (an unreadable directory) must not look deleted to --delete.
+    let unwalked: Vec<String> = tally.failed.lock().iter().map(|(p, _)| p.clone()).collect();
     let remote: HashMap<String, ObjectInfo> = list_all(store, &job.prefix)
         .await
         .map_err(|err| JobError::List {
@@ -480,9 +482,20 @@ async fn run_upload(
             .filter(|i| matches!(i.entry.kind, LocalKind::Dir { .. }))
             .map(|i| plan::key_for(&job.prefix, &i.rel, true))
             .collect();
+        let below_unwalked = |k: &str| {
+            let rel = k.strip_prefix(&job.prefix).unwrap_or(k);
+            unwalked
+                .iter()
+                .any(|u| u == "." || rel == u || rel.starts_with(&format!("{u}/")))
+        };
         let mut extra: Vec<&String> = remote
             .keys()
-            .filter(|k| !wanted.contains(*k) && !dirs.contains(*k) && **k != job.prefix)
+            .filter(|k| {
+                !wanted.contains(*k)
+                    && !dirs.contains(*k)
+                    && **k != job.prefix
+                    && !below_unwalked(k)
+            })
             .collect();
         extra.sort();
         delete_keys(job, store, tally, extra).await;
@@ -1066,6 +1079,25 @@ mod tests {
         run(&j, &store).await.unwrap();
         assert!(!dst.path().join("extra").exists());
         assert!(!dst.path().join("user_settings.py").exists());
+    }
+
+    #[tokio::test]
+    async fn delete_spares_what_could_not_be_walked() {
+        use std::os::unix::ffi::OsStrExt;
+        let store = MemStore::new();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("keep"), b"k").unwrap();
+        // A directory whose name is not UTF-8: reported, and its lossy path is off limits.
+        let bad = src.path().join(std::ffi::OsStr::from_bytes(b"d\xff"));
+        std::fs::create_dir(&bad).unwrap();
+        store.insert("p/d\u{FFFD}/f", b"x");
+        store.insert("p/gone", b"x");
+        let mut j = job(src.path(), true);
+        j.delete = true;
+        let t = run(&j, &store).await.unwrap();
+        assert_eq!(t.failed.lock().len(), 1, "{:?}", t.failed.lock());
+        let keys: Vec<String> = store.snapshot().keys().cloned().collect();
+        assert_eq!(keys, vec!["p/d\u{FFFD}/f".to_string(), "p/keep".to_string()]);
     }
 
     #[tokio::test]
