@@ -430,6 +430,7 @@ fn round_trip_rerun_dry_run_delete_and_mount() {
         .unwrap();
     assert_eq!(m["mode"], (libc::S_IFLNK | 0o777).to_string());
     assert!(s.multipart_uploads(&prefix).is_empty());
+    assert!(up.stdout.contains("verified: "), "{up:?}");
 
     // Back to a fresh directory.
     let dst = tmpdir("migdst");
@@ -437,6 +438,9 @@ fn round_trip_rerun_dry_run_delete_and_mount() {
     assert_eq!(down.code, 0, "{down:?}");
     assert_same_tree(&src, &dst);
     assert!(temp_files(&dst).is_empty());
+    // Every object migrate wrote carries its MD5: each download is checked against it.
+    assert!(down.stdout.contains("by stored MD5"), "{down:?}");
+    assert!(!down.stdout.contains("size only"), "{down:?}");
 
     // Reruns: nothing to do, both ways.
     let again = migrate(&[src.to_str().unwrap(), &url(&prefix)]);

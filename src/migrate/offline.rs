@@ -70,6 +70,8 @@ pub struct Tally {
     pub deleted: AtomicU64,
     pub aborted_uploads: AtomicU64,
     pub removed_temps: AtomicU64,
+    /// Copies by how they were verified.
+    pub verified: Mutex<BTreeMap<&'static str, u64>>,
     pub failed: Mutex<Vec<(String, String)>>,
     /// `--dry-run`: what would change, one line each.
     pub planned: Mutex<Vec<String>>,
@@ -84,6 +86,18 @@ impl Tally {
     }
     fn failed_count(&self) -> u64 {
         self.failed.lock().len() as u64
+    }
+    fn copied(&self, r: &copy::CopyReport) {
+        self.copied.fetch_add(1, Ordering::Relaxed);
+        self.copied_bytes.fetch_add(r.bytes, Ordering::Relaxed);
+        let how = match r.verified {
+            copy::Verified::Etag => "ETag",
+            copy::Verified::PartEtags => "part ETags",
+            copy::Verified::ReRead => "read back",
+            copy::Verified::StoredMd5 => "stored MD5",
+            copy::Verified::SizeOnly => "size only",
+        };
+        *self.verified.lock().entry(how).or_insert(0) += 1;
     }
 }
 
@@ -584,10 +598,7 @@ async fn upload_one(
                 }
                 let opts = item_copy(&job.copy, progress, sent);
                 match copy::upload_file(store, &it.path, key, &opts).await {
-                    Ok(r) => {
-                        tally.copied.fetch_add(1, Ordering::Relaxed);
-                        tally.copied_bytes.fetch_add(r.bytes, Ordering::Relaxed);
-                    }
+                    Ok(r) => tally.copied(&r),
                     Err(e) => tally.fail(&it.rel, e),
                 }
                 return;
@@ -833,10 +844,7 @@ async fn download_one(
                 };
                 let opts = item_copy(&job.copy, progress, sent);
                 match copy::download_object_with(store, &info, &path, &opts).await {
-                    Ok(r) => {
-                        tally.copied.fetch_add(1, Ordering::Relaxed);
-                        tally.copied_bytes.fetch_add(r.bytes, Ordering::Relaxed);
-                    }
+                    Ok(r) => tally.copied(&r),
                     Err(e) => tally.fail(rel, e),
                 }
                 return;
@@ -959,6 +967,14 @@ pub fn summary(job: &Job, tally: &Tally, took: Duration) -> String {
         tally.deleted.load(Ordering::Relaxed),
         if job.delete { "" } else { " (no --delete)" }
     ));
+    let verified = tally.verified.lock().clone();
+    if !verified.is_empty() {
+        let parts: Vec<String> = verified
+            .iter()
+            .map(|(k, n)| format!("{n} by {k}"))
+            .collect();
+        s.push_str(&format!("  verified: {}\n", parts.join(", ")));
+    }
     let aborted = tally.aborted_uploads.load(Ordering::Relaxed);
     if aborted > 0 {
         s.push_str(&format!(
@@ -1097,7 +1113,10 @@ mod tests {
         let t = run(&j, &store).await.unwrap();
         assert_eq!(t.failed.lock().len(), 1, "{:?}", t.failed.lock());
         let keys: Vec<String> = store.snapshot().keys().cloned().collect();
-        assert_eq!(keys, vec!["p/d\u{FFFD}/f".to_string(), "p/keep".to_string()]);
+        assert_eq!(
+            keys,
+            vec!["p/d\u{FFFD}/f".to_string(), "p/keep".to_string()]
+        );
     }
 
     #[tokio::test]
