@@ -47,6 +47,9 @@ pub enum Command {
     /// Copy a local directory to s3://BUCKET[/PREFIX] or back, in the mount's layout:
     /// verified, with Content-Type and POSIX metadata, skipping what is identical, resumable.
     Migrate(crate::migrate::MigrateArgs),
+    /// Where a live migration (`mount --migrate-from`) stands: copied, remaining, failures.
+    /// Exit 0 once complete, 1 while not.
+    MigrateStatus(crate::migrate::live::report::StatusArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -317,6 +317,21 @@ fn live_migration_serves_old_files_while_copying_and_ends_complete() {
         writer.join().unwrap();
     });
     let during = status(&status_path);
+    let out = Command::new(BIN)
+        .arg("migrate-status")
+        .arg(t.state())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("migrate-status during the copy:\n{text}");
+    if during.as_ref().is_some_and(|s| s["complete"] != true) {
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "migrate-status while copying: {text}"
+        );
+        assert!(text.contains("in progress"), "{text}");
+    }
     assert!(
         during.as_ref().is_some_and(|s| s["complete"] != true),
         "the readers and writers should have raced the copy (slow it further): {during:?}"
@@ -330,6 +345,20 @@ fn live_migration_serves_old_files_while_copying_and_ends_complete() {
     eprintln!("migration complete after {elapsed:?}: {st}");
     assert_eq!(st["failed"], 0, "{st}");
     assert!(m.log_text().contains("--migrate-from can be removed"));
+    let out = Command::new(BIN)
+        .args(["migrate-status", status_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "migrate-status once complete: {text}"
+    );
+    assert!(
+        text.contains("complete: --migrate-from can be removed"),
+        "{text}"
+    );
 
     // The bucket, read directly: every old file but the deleted one, identical, typed.
     for (rel, want) in &files {

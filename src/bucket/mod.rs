@@ -545,6 +545,7 @@ pub fn run(cmd: &crate::config::Command) -> i32 {
         Command::Url(a) => url::run(a),
         Command::Mount(_) => Err(CmdError::Usage("mount is not a bucket command".into())),
         Command::Migrate(a) => Ok(crate::migrate::run(a)),
+        Command::MigrateStatus(a) => Ok(crate::migrate::live::report::run(a)),
     };
     match r {
         Ok(code) => code,

@@ -8,6 +8,7 @@
 //! by default under the cache directory, keyed by bucket, prefix and old tree.
 
 mod copier;
+pub mod report;
 mod status;
 mod tombstones;
 

@@ -13,8 +13,10 @@ use super::Live;
 use crate::fs::fallback::Fallback;
 use crate::fs::Fs;
 
-/// How often progress is logged and the status file rewritten.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How often the status file is rewritten (a small JSON file, renamed into place) ...
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// ... and every how many of those a progress line is logged (10 s).
+const LOG_EVERY_TICKS: u32 = 5;
 /// Longest pause between two passes that had failures.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(15 * 60);
 
@@ -43,10 +45,14 @@ pub async fn run(live: Arc<Live>, fs: Arc<Fs>) {
     let ticker = {
         let live = live.clone();
         tokio::spawn(async move {
+            let mut ticks = 0u32;
             loop {
                 live.progress.write();
-                tokio::time::sleep(PROGRESS_EVERY).await;
-                live.progress.log();
+                tokio::time::sleep(STATUS_EVERY).await;
+                ticks += 1;
+                if ticks % LOG_EVERY_TICKS == 0 {
+                    live.progress.log();
+                }
             }
         })
     };
