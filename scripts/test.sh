@@ -136,10 +136,11 @@ if [ ${#FILTER[@]} -eq 0 ] && [ "${BUCKETFS_SKIP_HEAVY:-0}" != 1 ]; then
   fi
 fi
 # The directories that fit in ~75 s (open is left out: open::interact_2gb uploads 2 GiB of zeros).
-# Threshold: the subset's rate when it was set (42.7% on 2026-12-04, before the staged write path
-# and metadata work landed in full); raise it as conformance improves.
+# Threshold: below the subset's measured rate (85.9% on 2026-12-04 on all three servers, after
+# special files, key-length checks and times; the rest are hard links and >1024-byte keys, see
+# docs/SEMANTICS.md), with a margin for noise; raise it as conformance improves.
 PJD_CI_DIRS="chmod chown ftruncate truncate mkdir rmdir symlink rename unlink link utimensat mkfifo mknod"
-PJD_CI_MIN_RATE=${PJD_CI_MIN_RATE:-40}
+PJD_CI_MIN_RATE=${PJD_CI_MIN_RATE:-80}
 if [ ${#FILTER[@]} -eq 0 ] && [ "${BUCKETFS_SKIP_PJDFSTEST:-0}" != 1 ]; then
   banner "pjdfstest CI subset on seaweedfs (fails below ${PJD_CI_MIN_RATE}%)"
   t0=$(date +%s)
