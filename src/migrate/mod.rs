@@ -150,7 +150,9 @@ fn run_inner(a: &MigrateArgs) -> Result<i32, CmdError> {
         .rt
         .block_on(offline::run(&job, &ctx.store))
         .map_err(|e| CmdError::Failed(e.to_string()))?;
-    let planned = tally.planned.lock().clone();
+    let mut planned = tally.planned.lock().clone();
+    // Workers finish in any order; the list reads best grouped by action, then path.
+    planned.sort();
     for l in planned {
         crate::bucket::out(&format!("{l}\n"));
     }
