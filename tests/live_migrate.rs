@@ -266,7 +266,7 @@ fn live_migration_serves_old_files_while_copying_and_ends_complete() {
     let mut m = Mount::with(live_opts(
         &prefix,
         &t,
-        &["--migrate-parallel", "2", "--migrate-throttle-ms", "60"],
+        &["--migrate-parallel", "2", "--migrate-throttle-ms", "100"],
     ));
     let status_path = t.state().join("status.json");
 
@@ -460,6 +460,14 @@ fn sigkill_mid_copy_then_remount_completes_with_no_open_uploads() {
         s3().multipart_uploads(&format!("{prefix}/")).is_empty(),
         "multipart uploads left open"
     );
+    if !left.is_empty() {
+        assert!(
+            m.log_text()
+                .contains("aborted incomplete multipart uploads"),
+            "the upload the kill left open was not aborted by the new daemon:\n{}",
+            m.log_text()
+        );
+    }
     for (rel, want) in &files {
         assert_copied(&prefix, &t.old(), rel, want);
     }
