@@ -194,6 +194,11 @@ impl Version {
     }
 
     /// Headers of the next commit (Content-Type, POSIX metadata).
+    /// The headers of this version; after a commit, exactly those the bucket holds.
+    pub fn options(&self) -> &PutOptions {
+        &self.opts
+    }
+
     pub fn set_options(&mut self, opts: PutOptions) {
         self.opts = opts;
     }
@@ -297,7 +302,10 @@ impl Version {
     /// Bytes `r` of this version: staged, previous version, zeros.
     pub async fn read(&self, r: Range<u64>) -> Result<Bytes, VersionError> {
         let r = r.start.min(self.size)..r.end.min(self.size);
-        let mut buf = vec![0u8; (r.end - r.start) as usize];
+        // Zero-filled (the gaps are zeros); a recycled buffer, as a fresh multi-MiB mapping
+        // costs a page fault per 4 KiB (measured: +0.9 s of CPU per GiB written).
+        let mut buf = crate::store::bufpool::take((r.end - r.start) as usize);
+        buf.resize((r.end - r.start) as usize, 0);
         for (piece, held) in self.stage.held().split(r.clone()) {
             let at = (piece.start - r.start) as usize..(piece.end - r.start) as usize;
             if held {
@@ -320,7 +328,7 @@ impl Version {
                 buf[s..s + b.len()].copy_from_slice(&b);
             }
         }
-        Ok(Bytes::from(buf))
+        Ok(crate::store::bufpool::freeze(buf))
     }
 
     async fn ensure_mpu(&mut self) -> Result<String, VersionError> {
@@ -546,6 +554,8 @@ impl Version {
                 .collect::<Result<_, _>>()?;
             let etag = self.store.complete_multipart(&self.key, &id, parts).await?;
             self.mpu = None;
+            // The object holds the headers the upload began with (times may have moved).
+            self.opts = self.mpu_opts.clone();
             etag
         };
         let base = Base {
@@ -707,6 +717,14 @@ mod tests {
             "16 MiB in 5 MiB parts, each sent once"
         );
         assert_eq!(count(Op::CreateMultipart), 1);
+        // What the version reports is what the bucket holds: the times the upload began with.
+        let held = store.head("t").await.unwrap();
+        assert_eq!(held.metadata, v.options().metadata);
+        assert_ne!(
+            v.options().metadata["mtime"],
+            "17",
+            "not the last write's time"
+        );
         // A mode change while written still starts over with the new headers.
         let mut v = Version::new(
             store.clone(),

@@ -282,7 +282,12 @@ impl Fs {
         let m = {
             let mut t = self.inodes.lock();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-            let posix = n.meta.as_ref().map(|m| m.posix).unwrap_or_default();
+            let mut posix = n.meta.as_ref().map(|m| m.posix).unwrap_or_default();
+            // A multipart upload keeps the times it began with: show what a HEAD reads back.
+            let stored = PosixMeta::from_metadata(&v.options().metadata);
+            posix.mtime = stored.mtime.or(posix.mtime);
+            posix.atime = stored.atime.or(posix.atime);
+            posix.ctime = stored.ctime.or(posix.ctime);
             let m = FileMeta {
                 size: base.size,
                 etag: base.etag.clone(),

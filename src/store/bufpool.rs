@@ -1,7 +1,8 @@
-//! Recycled buffers for ranged GET bodies. A sequential reader frees one multi-MiB chunk and
-//! asks for the next at the same rate: a fresh mapping per chunk cost a page fault and a
-//! page clear per 4 KiB (a third of the daemon's CPU at 350 MiB/s, measured with perf), and
-//! reusing the allocator's heap instead left RSS far above the memory budget. A few idle
+//! Recycled buffers for ranged GET bodies and upload parts. A sequential reader (or writer)
+//! frees one multi-MiB buffer and asks for the next at the same rate: a fresh mapping each
+//! time cost a page fault and a page clear per 4 KiB (a third of the daemon's CPU at
+//! 350 MiB/s, measured with perf), and reusing the allocator's heap instead left RSS far
+//! above the memory budget. A few idle
 //! buffers are kept for reuse; the rest go back to the kernel when freed.
 
 use std::collections::VecDeque;
