@@ -534,6 +534,29 @@ fn killed_migrations_finish_on_rerun() {
     let s = s3();
     let src_s = src.to_str().unwrap().to_string();
     let target = url(&prefix);
+    // SIGINT during the multipart upload: it is aborted before the process exits (130).
+    let mut child = command(&[&src_s, &target, "--jobs", "1", "--part-size", "5"], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let open = poll(Duration::from_secs(120), || {
+        (!s.multipart_uploads(&prefix).is_empty()).then_some(())
+    });
+    assert!(open.is_some(), "no multipart upload was seen");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(130), "{so}\n{se}");
+    assert!(so.contains("not finished"), "{so}");
+    assert!(
+        s.multipart_uploads(&prefix).is_empty(),
+        "left open after SIGINT"
+    );
+    // SIGKILL during the multipart upload: the next run aborts what was left.
     let mut child = command(&[&src_s, &target, "--jobs", "1", "--part-size", "5"], &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

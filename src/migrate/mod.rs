@@ -16,6 +16,9 @@ use clap::Args;
 use crate::bucket::{CmdError, Ctx, S3Args, EXIT_FAILED};
 use crate::upload::MIB;
 
+/// Exit status after SIGINT or SIGTERM (128 + SIGINT, the shell's convention).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
 #[derive(Args, Debug, Clone)]
 pub struct MigrateArgs {
     /// Where to copy from: a local directory, or s3://BUCKET[/PREFIX].
@@ -157,6 +160,9 @@ fn run_inner(a: &MigrateArgs) -> Result<i32, CmdError> {
         crate::bucket::out(&format!("{l}\n"));
     }
     crate::bucket::out(&offline::summary(&job, &tally, started.elapsed()));
+    if tally.interrupted.lock().is_some() {
+        return Ok(EXIT_INTERRUPTED);
+    }
     Ok(if tally.failed.lock().is_empty() {
         0
     } else {

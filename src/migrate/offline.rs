@@ -73,6 +73,10 @@ pub struct Tally {
     /// Copies by how they were verified.
     pub verified: Mutex<BTreeMap<&'static str, u64>>,
     pub failed: Mutex<Vec<(String, String)>>,
+    /// Keys an upload was started for (a SIGINT/SIGTERM aborts their multipart uploads).
+    pub touched: Mutex<HashSet<String>>,
+    /// Set when SIGINT or SIGTERM stopped the run.
+    pub interrupted: Mutex<Option<&'static str>>,
     /// `--dry-run`: what would change, one line each.
     pub planned: Mutex<Vec<String>>,
 }
@@ -403,13 +407,70 @@ pub async fn run(job: &Job, store: &dyn ObjectStore) -> Result<Arc<Tally>, JobEr
     let tally = Arc::new(Tally::default());
     let progress = Progress::new();
     progress.spawn_ticker(tally.clone(), job.progress_interval);
-    let r = if job.upload {
-        run_upload(job, store, &tally, &progress).await
-    } else {
-        run_download(job, store, &tally, &progress).await
+    let work = async {
+        if job.upload {
+            run_upload(job, store, &tally, &progress).await
+        } else {
+            run_download(job, store, &tally, &progress).await
+        }
+    };
+    let r = tokio::select! {
+        r = work => r,
+        sig = interrupted() => {
+            // The copies in flight are dropped: a single PUT either happened or not, a
+            // download's temp file is swept by the next run; multipart uploads are aborted
+            // now so nothing stays stored and billed.
+            progress.finish();
+            eprintln!("bucketfs migrate: {sig}: stopping (aborting the uploads in flight)");
+            *tally.interrupted.lock() = Some(sig);
+            // Bounded: a second Ctrl-C does not kill the process while this runs.
+            let abort = abort_touched(job, store, &tally);
+            if tokio::time::timeout(Duration::from_secs(20), abort).await.is_err() {
+                eprintln!("bucketfs migrate: aborting the uploads timed out; the next run aborts them");
+            }
+            Ok(())
+        }
     };
     progress.finish();
     r.map(|_| tally)
+}
+
+/// Resolves with the name of the first SIGINT or SIGTERM (never, if they cannot be caught).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => tokio::select! {
+            _ = i.recv() => "interrupted (SIGINT)",
+            _ = t.recv() => "terminated (SIGTERM)",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// Aborts the incomplete multipart uploads of the keys this run started uploading.
+async fn abort_touched(job: &Job, store: &dyn ObjectStore, tally: &Tally) {
+    let touched = tally.touched.lock().clone();
+    if touched.is_empty() {
+        return;
+    }
+    let ups = match store.list_multipart_uploads(&job.prefix).await {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("bucketfs migrate: cannot list incomplete multipart uploads ({e}); the next run aborts them");
+            return;
+        }
+    };
+    for u in ups.into_iter().filter(|u| touched.contains(&u.key)) {
+        if let Err(e) = store.abort_multipart(&u.key, &u.upload_id).await {
+            eprintln!(
+                "bucketfs migrate: cannot abort the upload of {} ({e}); the next run aborts it",
+                u.key
+            );
+        }
+    }
 }
 
 // ---- local → bucket ------------------------------------------------------------------
@@ -597,6 +658,7 @@ async fn upload_one(
                     return;
                 }
                 let opts = item_copy(&job.copy, progress, sent);
+                tally.touched.lock().insert(key.to_string());
                 match copy::upload_file(store, &it.path, key, &opts).await {
                     Ok(r) => tally.copied(&r),
                     Err(e) => tally.fail(&it.rel, e),
@@ -985,6 +1047,11 @@ pub fn summary(job: &Job, tally: &Tally, took: Duration) -> String {
     if temps > 0 {
         s.push_str(&format!(
             "  removed: {temps} temp file(s) left by an earlier run\n"
+        ));
+    }
+    if let Some(sig) = *tally.interrupted.lock() {
+        s.push_str(&format!(
+            "  {sig}: not finished; what was copied is complete and verified, run again for the rest\n"
         ));
     }
     let mut failed = tally.failed.lock().clone();
