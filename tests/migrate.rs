@@ -535,7 +535,7 @@ fn killed_migrations_finish_on_rerun() {
     let src_s = src.to_str().unwrap().to_string();
     let target = url(&prefix);
     // SIGINT during the multipart upload: it is aborted before the process exits (130).
-    let mut child = command(&[&src_s, &target, "--jobs", "1", "--part-size", "5"], &[])
+    let child = command(&[&src_s, &target, "--jobs", "1", "--part-size", "5"], &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
