@@ -481,6 +481,18 @@ fn round_trip_rerun_dry_run_delete_and_mount() {
         }
     }
 
+    // Same size, same mtime, other bytes: only --checksum sees it (both ways).
+    let ico = "media/public/application-icons/favicon.ico";
+    let mut bytes = read(&src.join(ico));
+    bytes[0] ^= 0xff;
+    fs::write(src.join(ico), &bytes).unwrap();
+    set_mtime(&src.join(ico), OLD + bytes.len() as u64 % 1000);
+    let up = migrate(&[src.to_str().unwrap(), &url(&prefix)]);
+    assert_eq!(count(&up.stdout, "copied"), 0, "{up:?}");
+    let up = migrate(&[src.to_str().unwrap(), &url(&prefix), "--checksum"]);
+    assert_eq!(count(&up.stdout, "copied"), 1, "{up:?}");
+    assert_eq!(s.get(&format!("{prefix}{ico}")).unwrap(), bytes);
+
     // A change: --dry-run lists it and touches nothing.
     fs::write(src.join("media/public/new icon.png"), b"png").unwrap();
     fs::remove_file(src.join("reports/public/users export.csv")).unwrap();
@@ -515,7 +527,12 @@ fn round_trip_rerun_dry_run_delete_and_mount() {
     assert!(!s.exists(&format!("{prefix}reports/public/users export.csv")));
     // ... and downwards, a local extra goes only with --delete.
     fs::write(dst.join("stray.txt"), b"x").unwrap();
-    let down = migrate(&[&url(&prefix), dst.to_str().unwrap(), "--delete"]);
+    let down = migrate(&[
+        &url(&prefix),
+        dst.to_str().unwrap(),
+        "--delete",
+        "--checksum",
+    ]);
     assert_eq!(down.code, 0, "{down:?}");
     assert_same_tree(&src, &dst);
     eprintln!("round trip test took {:?}", t0.elapsed());
