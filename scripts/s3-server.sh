@@ -36,13 +36,15 @@ except OSError:
 PY
 }
 
-declare -a PICKED=()
+# Ports handed out so far, in a file: pick_port runs in $(...) subshells, where an array
+# update would be lost (two picks of one start could return the same port).
+PICKED_FILE=/dev/null   # DIR/ports once DIR is known
 pick_port() { # random free port below the ephemeral range, not already picked by this script
   local p i
   for i in $(seq 200); do
     p=$(( 20000 + RANDOM % 12000 ))
-    [[ " ${PICKED[*]-} " == *" $p "* ]] && continue
-    if port_free "$p"; then PICKED+=("$p"); echo "$p"; return 0; fi
+    grep -qx "$p" "$PICKED_FILE" && continue
+    if port_free "$p"; then echo "$p" >>"$PICKED_FILE"; echo "$p"; return 0; fi
   done
   die "no free port found"
 }
@@ -60,6 +62,12 @@ wait_ready() { # until the bucket answers HeadBucket=200 with the rw key
   local deadline=$(( $(date +%s) + READY_TIMEOUT )) code
   while :; do
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      # A port that was free when picked can be taken before the server binds it (by a
+      # process that does not take the lock): the caller retries on fresh ports.
+      if grep -qE "address already in use|Port allocation failed" "$DIR/server.log" 2>/dev/null; then
+        log "$SERVER could not bind a port (address already in use)"
+        return 2
+      fi
       tail -n 30 "$DIR/server.log" >&2 || true
       die "$SERVER exited during start-up (log: $DIR/server.log)"
     fi
@@ -166,7 +174,7 @@ TOML
   GARAGE_DEFAULT_ACCESS_KEY=$AK GARAGE_DEFAULT_SECRET_KEY=$SK GARAGE_DEFAULT_BUCKET=$BUCKET \
     RUST_LOG=${GARAGE_LOG:-garage=warn} \
     launch "$garage" -c "$DIR/garage.toml" server --single-node --default-bucket
-  wait_ready
+  wait_ready || return $?
   # read-only key
   "$garage" -c "$DIR/garage.toml" key import --yes -n ro-key "$RO_AK" "$RO_SK" >>"$DIR/server.log" 2>&1 \
     || die "garage key import failed (log: $DIR/server.log)"
@@ -220,6 +228,7 @@ case "$cmd" in
       die "a server is already running for $DIR (pid $(cat "$DIR/pid"))"
     fi
     rm -rf "$DIR/data" "$DIR/env" "$DIR/pid" "$DIR/server.log" "$DIR"/*.sock
+    PICKED_FILE=$DIR/ports; : >"$PICKED_FILE"
     # Hold a machine-wide lock while picking ports and until the server listens on them,
     # so that servers started concurrently never pick the same port.
     exec 8>/tmp/bucketfs-s3-server-ports.lock
@@ -234,12 +243,22 @@ case "$cmd" in
     # start mode: kill the server if start-up fails; run mode: always stop it on the way out
     trap '[ "$MODE" = run ] || [ "$STARTED" = 0 ] && cleanup' EXIT
     trap 'cleanup; exit 0' TERM INT HUP
-    case "$SERVER" in
-      seaweedfs) start_seaweedfs; wait_ready ;;
-      moto) start_moto ;;
-      garage) start_garage ;;
-      *) usage ;;
-    esac
+    for attempt in 1 2 3 4; do
+      rc=0
+      case "$SERVER" in
+        seaweedfs) start_seaweedfs; wait_ready || rc=$? ;;
+        moto) start_moto ;;
+        garage) start_garage || rc=$? ;;
+        *) usage ;;
+      esac
+      [ "$rc" = 0 ] && break
+      [ "$rc" = 2 ] && [ -z "$PORT" ] && [ "$attempt" -lt 4 ] || die "$SERVER did not start (log: $DIR/server.log)"
+      log "retrying on other ports (attempt $(( attempt + 1 )) of 4)"
+      wait "$SERVER_PID" 2>/dev/null || true
+      SERVER_PID=
+      mv "$DIR/server.log" "$DIR/server.log.$attempt" 2>/dev/null || true
+      rm -rf "$DIR/data"
+    done
     exec 8>&-
     write_env
     STARTED=1
