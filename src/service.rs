@@ -218,6 +218,15 @@ pub fn run_mount(args: MountArgs) -> Result<i32, StartError> {
     let cfg = args.fs_config(uid, gid).map_err(StartError)?;
     let s3 = args.s3_settings().map_err(StartError)?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
+    if let Some(old) = &args.migrate_from {
+        // Before anything is mounted: an old tree under the mount would be read through the
+        // mount itself (the daemon waiting on its own requests: a hang).
+        let canon = std::fs::canonicalize(old)
+            .map_err(|e| StartError(format!("--migrate-from {}: {e}", old.display())))?;
+        if let Some(e) = crate::migrate::live::overlap_error(&canon, &mountpoint) {
+            return Err(StartError(e));
+        }
+    }
     let metrics_listener = match args.metrics_addr {
         Some(a) => Some(crate::metrics::bind(a).map_err(|e| StartError(e.to_string()))?),
         None => None,

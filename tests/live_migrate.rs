@@ -503,6 +503,19 @@ fn a_bad_old_dir_read_only_or_busy_state_stop_the_mount_with_one_line() {
         e.contains("exit status: 2") && e.contains("--read-only"),
         "{e}"
     );
+    // An old tree above (or at, or below) the mount point would be read through the mount
+    // itself: refused before mounting (it hung once).
+    let tmp = std::env::temp_dir();
+    let over = MountOpts::prefix(&prefix)
+        .arg("--migrate-from")
+        .arg(tmp.to_str().unwrap());
+    let e = Mount::try_with(over)
+        .err()
+        .expect("mounted with OLD_DIR containing the mount point");
+    assert!(
+        e.contains("exit status: 2") && e.contains("contains the mount point"),
+        "{e}"
+    );
     // One daemon per migration state.
     let mut m = Mount::with(live_opts(&prefix, &t, &[]));
     let e = Mount::try_with(live_opts(&prefix, &t, &[]))

@@ -344,6 +344,25 @@ impl Fallback for Live {
     }
 }
 
+/// Why OLD_DIR cannot serve a mount at `mountpoint` (both canonical), if it cannot: the old
+/// tree may be neither the mount point, nor below it, nor above it (the copier would walk the
+/// mount). The usual mistake is skipping `mv /data /data.old`.
+pub fn overlap_error(old: &Path, mountpoint: &Path) -> Option<String> {
+    let what = if old == mountpoint {
+        "is the mount point itself"
+    } else if old.starts_with(mountpoint) {
+        "is inside the mount point"
+    } else if mountpoint.starts_with(old) {
+        "contains the mount point"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "--migrate-from {} {what}: move the old directory aside first (e.g. `mv /data /data.old`, then --migrate-from /data.old)",
+        old.display()
+    ))
+}
+
 /// The live migration `bucketfs mount --migrate-from` asks for, if any: opened (state loaded)
 /// before mounting, so a bad OLD_DIR or a busy state directory stops the mount with one line.
 pub fn from_mount_args(

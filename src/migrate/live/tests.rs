@@ -490,3 +490,16 @@ async fn a_name_clash_with_the_bucket_is_a_failure_and_never_complete() {
     assert!(w.in_bucket("reports/public/r.csv").is_none());
     assert_eq!(w.in_bucket("reports").as_deref(), Some(&b"a file"[..]));
 }
+
+#[test]
+fn an_old_dir_overlapping_the_mount_point_is_refused() {
+    use super::overlap_error;
+    use std::path::Path;
+    let m = Path::new("/data");
+    assert!(overlap_error(Path::new("/data"), m)
+        .is_some_and(|e| e.contains("mount point itself") && e.contains("mv /data /data.old")));
+    assert!(overlap_error(Path::new("/data/old"), m).is_some_and(|e| e.contains("inside")));
+    assert!(overlap_error(Path::new("/"), m).is_some_and(|e| e.contains("contains")));
+    assert_eq!(overlap_error(Path::new("/data.old"), m), None);
+    assert_eq!(overlap_error(Path::new("/srv/data"), m), None);
+}
