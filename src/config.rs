@@ -249,6 +249,16 @@ impl MountArgs {
         if self.max_memory < 16 {
             return Err("--max-memory must be at least 16 MiB".into());
         }
+        // Out-of-range values are refused, not clamped without a word.
+        if !(1..=64).contains(&self.upload_concurrency) {
+            return Err("--upload-concurrency must be between 1 and 64".into());
+        }
+        if !(1..=20).contains(&self.max_attempts) {
+            return Err("--max-attempts must be between 1 and 20".into());
+        }
+        if self.max_readahead == 0 {
+            return Err("--max-readahead must be at least 1 MiB".into());
+        }
         let ttl = Duration::from_secs_f64(self.metadata_ttl);
         Ok(FsConfig {
             prefix,
@@ -323,5 +333,24 @@ mod tests {
         assert_eq!((f.uid, f.gid, f.prefix.as_str()), (1000, 0, "media/"));
         assert_eq!(f.ttl, Duration::from_secs(2));
         assert!(m.allow_other);
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_not_clamped() {
+        for (flag, value, msg) in [
+            ("--upload-concurrency", "0", "--upload-concurrency"),
+            ("--upload-concurrency", "65", "--upload-concurrency"),
+            ("--max-attempts", "0", "--max-attempts"),
+            ("--max-readahead", "0", "--max-readahead"),
+            ("--max-memory", "0", "--max-memory"),
+        ] {
+            let c =
+                Cli::try_parse_from(["bucketfs", "mount", "b-1", "/data", flag, value]).unwrap();
+            let Command::Mount(m) = c.command else {
+                panic!("not a mount")
+            };
+            let e = m.fs_config(0, 0).err().unwrap_or_default();
+            assert!(e.contains(msg), "{flag} {value}: {e:?}");
+        }
     }
 }
