@@ -118,7 +118,9 @@ fn run_inner(a: &MigrateArgs) -> Result<i32, CmdError> {
         ));
     }
     if a.max_memory < 16 {
-        return Err(CmdError::Usage("--max-memory must be at least 16 MiB".into()));
+        return Err(CmdError::Usage(
+            "--max-memory must be at least 16 MiB".into(),
+        ));
     }
     if !(1..=256).contains(&a.jobs) {
         return Err(CmdError::Usage("--jobs must be between 1 and 256".into()));
