@@ -14,59 +14,6 @@ use aws_sdk_s3::primitives::ByteStream;
 
 const ORIGIN: &str = "http://authentik.test";
 
-/// Output of one bucketfs command.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// The process environment of a bucketfs command: no AWS_* configuration of the test machine,
-/// and authentik's variables pointing at the test server (each overridable, None removes).
-fn authentik_env(extra: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
-    let s = server();
-    let mut env: Vec<(String, Option<String>)> = vec![];
-    for k in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
-        env.push((k.into(), None));
-    }
-    for (k, v) in [
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AUTHENTIK_STORAGE__S3__ENDPOINT", s.endpoint.as_str()),
-        ("AUTHENTIK_STORAGE__S3__REGION", s.region.as_str()),
-        ("AUTHENTIK_STORAGE__S3__ACCESS_KEY", s.access_key.as_str()),
-        ("AUTHENTIK_STORAGE__S3__SECRET_KEY", s.secret_key.as_str()),
-        ("AUTHENTIK_STORAGE__S3__BUCKET_NAME", s.bucket.as_str()),
-    ] {
-        env.push((k.into(), Some(v.into())));
-    }
-    for (k, v) in extra {
-        env.retain(|(n, _)| n != k);
-        env.push((k.to_string(), v.map(str::to_string)));
-    }
-    env
-}
-
 fn bucketfs(args: &[&str], extra_env: &[(&str, Option<&str>)]) -> Run {
     let mut cmd = Command::new("timeout");
     cmd.args(["-k", "10", "300", BIN]).args(args);

@@ -14,55 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MIB: usize = 1024 * 1024;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// The environment of a migrate command: authentik's variables for the test server, no
-/// AWS_* settings of the machine (each overridable; None removes).
+/// The environment of a migrate command: authentik's variables for the test server (the
+/// bucket named on the command line only), no AWS_* settings of the machine.
 fn env(extra: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
-    let s = server();
-    let mut env: Vec<(String, Option<String>)> = vec![];
-    for k in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
-        env.push((k.into(), None));
-    }
-    for (k, v) in [
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AUTHENTIK_STORAGE__S3__ENDPOINT", s.endpoint.as_str()),
-        ("AUTHENTIK_STORAGE__S3__REGION", s.region.as_str()),
-        ("AUTHENTIK_STORAGE__S3__ACCESS_KEY", s.access_key.as_str()),
-        ("AUTHENTIK_STORAGE__S3__SECRET_KEY", s.secret_key.as_str()),
-    ] {
-        env.push((k.into(), Some(v.into())));
-    }
-    for (k, v) in extra {
-        env.retain(|(n, _)| n != k);
-        env.push((k.to_string(), v.map(str::to_string)));
-    }
-    env
+    let mut all: Vec<(&str, Option<&str>)> = vec![("AUTHENTIK_STORAGE__S3__BUCKET_NAME", None)];
+    all.extend_from_slice(extra);
+    authentik_env(&all)
 }
 
 fn command(args: &[&str], extra: &[(&str, Option<&str>)]) -> Command {

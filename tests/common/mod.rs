@@ -1507,3 +1507,59 @@ pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
+
+// ------------------------------------------------------------------------------------------
+// bucketfs commands (not mounts)
+
+/// Output of one bucketfs command.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The process environment of a bucketfs command: no AWS_* configuration of the test machine,
+/// and authentik's variables pointing at the test server (each overridable, None removes).
+pub fn authentik_env(extra: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+    let s = server();
+    let mut env: Vec<(String, Option<String>)> = vec![];
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
+        env.push((k.into(), None));
+    }
+    for (k, v) in [
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AUTHENTIK_STORAGE__S3__ENDPOINT", s.endpoint.as_str()),
+        ("AUTHENTIK_STORAGE__S3__REGION", s.region.as_str()),
+        ("AUTHENTIK_STORAGE__S3__ACCESS_KEY", s.access_key.as_str()),
+        ("AUTHENTIK_STORAGE__S3__SECRET_KEY", s.secret_key.as_str()),
+        ("AUTHENTIK_STORAGE__S3__BUCKET_NAME", s.bucket.as_str()),
+    ] {
+        env.push((k.into(), Some(v.into())));
+    }
+    for (k, v) in extra {
+        env.retain(|(n, _)| n != k);
+        env.push((k.to_string(), v.map(str::to_string)));
+    }
+    env
+}
