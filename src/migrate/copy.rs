@@ -126,6 +126,25 @@ fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// One ranged GET that must return the whole range (a short body is a failed verification).
+async fn get_exact(
+    store: &dyn ObjectStore,
+    key: &str,
+    r: Range<u64>,
+    etag: Option<&str>,
+) -> Result<Bytes, MigrateError> {
+    let want = r.end - r.start;
+    let start = r.start;
+    let b = store.get_range(key, r, etag).await?;
+    if b.len() as u64 != want {
+        return Err(MigrateError::Verify(format!(
+            "short read at offset {start}: {} of {want} bytes",
+            b.len()
+        )));
+    }
+    Ok(b)
+}
+
 fn md5_hex(data: &[u8]) -> String {
     hex(&Md5::digest(data))
 }
@@ -248,14 +267,7 @@ async fn reread_md5(
     while off < size {
         let end = (off + chunk).min(size);
         let _mem = opts.budget.reserve(end - off).await;
-        let b = store.get_range(key, off..end, etag).await?;
-        if b.len() as u64 != end - off {
-            return Err(MigrateError::Verify(format!(
-                "reading back returned {} bytes at offset {off}, expected {}",
-                b.len(),
-                end - off
-            )));
-        }
+        let b = get_exact(store, key, off..end, etag).await?;
         h.update(&b);
         off = end;
     }
@@ -785,14 +797,7 @@ async fn download_file(
         .map(|start| async move {
             let end = (start + chunk).min(size);
             let mem = opts.budget.reserve(end - start).await;
-            let b = store.get_range(key, start..end, etag).await?;
-            if b.len() as u64 != end - start {
-                return Err(MigrateError::Verify(format!(
-                    "short read at offset {start}: {} of {} bytes",
-                    b.len(),
-                    end - start
-                )));
-            }
+            let b = get_exact(store, key, start..end, etag).await?;
             Ok::<_, MigrateError>((start, b, mem))
         })
         .buffered(opts.part_concurrency.max(1));
